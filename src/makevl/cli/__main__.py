@@ -1,0 +1,5 @@
+import sys
+
+from makevl.cli import main
+
+sys.exit(main())

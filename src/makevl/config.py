@@ -1,0 +1,178 @@
+"""One typed config object per run.
+
+A run is described by a single :class:`RunConfig`, loaded from YAML, overridden
+from the command line with dotted ``section.key=value`` pairs, printed at the
+start of every run and saved next to every checkpoint. Unknown keys are errors,
+so a typo in a config file never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ColumnMapping(_Section):
+    """Which source column holds each field. ``None`` means the field is absent."""
+
+    id: str = "id"
+    title: str = "title"
+    image: str | None = "image"
+    keywords: str | None = "keywords"  # ";"-separated keywords, optional
+    # Columns kept as product attributes; None keeps every column not mapped above.
+    attributes: list[str] | None = None
+    # Query-log columns.
+    query: str = "query"
+    product_id: str = "product_id"
+    label: str | None = "label"
+
+
+class DataConfig(_Section):
+    preset: Literal["demo", "fashion-mini", "custom"] = "demo"
+    catalog: str | None = None  # path to CSV / JSONL / Parquet; presets fill it in
+    queries: str | None = None  # query log path (custom data)
+    columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    demo_products: int = 2000
+    split_seed: int = 0
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    max_title_chars: int = Field(512, gt=0)  # longer titles are reported / truncated
+    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)  # fail a run above this share
+    sparse_titles: bool = False  # strip colour words from titles (harder condition)
+    image_size: int = Field(224, gt=0)
+    max_query_tokens: int = Field(16, gt=0)
+    max_title_tokens: int = Field(48, gt=0)
+    num_workers: int = Field(0, ge=0)
+
+
+class ModelConfig(_Section):
+    text_backbone: str = "tiny"  # "tiny", "minilm" or a local Hugging Face model directory
+    query_backbone: str | None = None  # None: same architecture as text_backbone, own weights
+    shared_query_title_encoder: bool = False  # ablation: one text encoder for both
+    image_backbone: str = "tiny"  # "tiny", "efficientnet_lite0" or any timm model name
+    embed_dim: int = Field(256, gt=0)
+    fusion_layers: int = Field(2, ge=1)
+    fusion_heads: int = Field(4, ge=1)
+    modal_adaptation: bool = True  # False: fixed equal weights over title/image/fused
+    fusion_only: bool = False  # ablation: product vector = fused vector only
+    keyword_enhancement: bool = True
+    freeze_text: bool = False
+    freeze_image: bool = False
+    init_temperature: float = Field(0.07, gt=0.0)
+
+
+class LossConfig(_Section):
+    query_product: float = 1.0
+    title_image: float = 0.5
+    query_title: float = 0.25
+    query_image: float = 0.25
+    keyword_query: float = 0.5
+    keyword_prediction: float = 0.2
+
+
+class TrainConfig(_Section):
+    out_dir: str = "runs/default"
+    seed: int = 0
+    epochs: int = Field(3, ge=0)
+    max_steps: int | None = None  # stop after this many optimizer steps
+    max_minutes: float | None = None  # wall-clock budget; a checkpoint is saved at the end
+    batch_size: int = Field(32, gt=0)
+    grad_accum_steps: int = Field(1, ge=1)
+    lr: float = Field(3e-4, gt=0.0)
+    backbone_lr: float | None = None  # lower LR for pretrained towers; None: same as lr
+    weight_decay: float = Field(0.05, ge=0.0)
+    warmup_steps: int = Field(20, ge=0)
+    grad_clip: float | None = 1.0
+    bf16: bool = False
+    cache_frozen_features: bool = True  # cache a frozen tower's outputs on disk
+    memory_bank_size: int = Field(0, ge=0)  # extra negatives from recent product vectors
+    eval_every: int = Field(0, ge=0)  # steps between validation runs; 0: at epoch end
+    log_every: int = Field(10, gt=0)
+    device: str = "auto"  # "auto", "cpu", "cuda"
+
+
+class RunConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["train.lr=1e-3", "model.text_backbone=minilm"]`` into a nested dict.
+
+    Values are parsed as YAML scalars, so ``true``, ``3``, ``1e-3`` and ``null``
+    get their natural types.
+    """
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a :class:`RunConfig` from an optional YAML file plus dotted overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    tree = _merge(tree, parse_overrides(overrides or []))
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid config{where}: {problems}") from exc

@@ -1,0 +1,1 @@
+"""Catalogs, query logs, validation, the demo shop and the fashion-mini preset."""

@@ -1,0 +1,30 @@
+"""Small text helpers shared by the data layer and the harder evaluation condition."""
+
+from __future__ import annotations
+
+import re
+
+# Colour words as they appear in product titles (lower case). Used to build the
+# --sparse-titles condition, where only the photo still tells the colour.
+COLOUR_WORDS = (
+    "black white grey gray red blue navy green yellow orange pink purple brown beige "
+    "maroon olive teal turquoise cream khaki silver gold magenta lavender peach "
+    "mustard charcoal burgundy rust coffee tan copper bronze fluorescent multi "
+    "off-white sea-green skin nude mauve taupe metallic"
+).split()
+
+_COLOUR_RE = re.compile(
+    r"\b(" + "|".join(re.escape(w) for w in sorted(COLOUR_WORDS, key=len, reverse=True)) + r")\b",
+    re.IGNORECASE,
+)
+
+
+def strip_colour_words(title: str) -> str:
+    """Remove colour words from a title and tidy the spaces left behind."""
+    stripped = _COLOUR_RE.sub(" ", title)
+    return re.sub(r"\s+", " ", stripped).strip(" -,/")
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, collapse whitespace; what keyword matching compares."""
+    return re.sub(r"\s+", " ", text.lower()).strip()
