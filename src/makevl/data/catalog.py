@@ -86,9 +86,9 @@ def detect_format(path: str | Path) -> str:
 def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
     """Yield ``(line, row_dict)`` or ``(line, RowError)`` for every data row of a file."""
     path = Path(path)
+    fmt = detect_format(path)
     if not path.is_file():
         raise CatalogError(f"file not found: {path}")
-    fmt = detect_format(path)
     if fmt == "csv":
         yield from _iter_csv(path)
     elif fmt == "jsonl":

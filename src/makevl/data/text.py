@@ -28,3 +28,16 @@ def strip_colour_words(title: str) -> str:
 def normalize_text(text: str) -> str:
     """Lower-case, collapse whitespace; what keyword matching compares."""
     return re.sub(r"\s+", " ", text.lower()).strip()
+
+
+_WORD_RE = re.compile(r"[^\W_]+")
+_POSSESSIVE_RE = re.compile(r"['’]s\b")
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words with hyphens and possessives split off ("Men's T-Shirt" -> men t shirt).
+
+    Keyword and query matching compare these word sequences, so "off-white"
+    matches "off white" and "men's" matches "men".
+    """
+    return _WORD_RE.findall(_POSSESSIVE_RE.sub("", text.lower()))

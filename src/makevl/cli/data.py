@@ -1,0 +1,108 @@
+"""``makevl data``: validate a catalog, make the demo shop, print shop statistics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from makevl.config import ColumnMapping, load_config
+from makevl.data.catalog import CatalogError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("data", help="validate, generate and inspect data")
+    data_sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    p = data_sub.add_parser("validate", help="check a catalog and query log")
+    p.add_argument("catalog", help="catalog file (.csv, .tsv, .jsonl, .parquet)")
+    p.add_argument("--queries", help="query log file")
+    p.add_argument("--preset", choices=["demo", "fashion-mini", "custom"], default="custom",
+                   help="column mapping of a known dataset")
+    p.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="map a field to your column name, e.g. title=productDisplayName")
+    p.add_argument("--max-title-chars", type=int, default=512)
+    p.add_argument("--max-bad-fraction", type=float, default=0.05)
+    p.add_argument("--no-images", action="store_true", help="skip decoding images")
+    p.add_argument("--workers", type=int, default=4, help="threads decoding images")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=validate_command)
+
+    p = data_sub.add_parser("make-demo", help="write the built-in synthetic demo shop")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--products", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=96)
+    p.set_defaults(func=make_demo_command)
+
+    p = data_sub.add_parser("stats", help="statistics of a shop (preset or your files)")
+    p.add_argument("--config", help="run config YAML")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.preset=fashion-mini")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=stats_command)
+
+
+def column_mapping(preset: str, pairs: list[str]) -> ColumnMapping:
+    if preset == "fashion-mini":
+        from makevl.data.fashion_mini import FASHION_MINI_COLUMNS
+
+        columns = FASHION_MINI_COLUMNS.model_copy()
+    else:
+        columns = ColumnMapping()
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in ColumnMapping.model_fields:
+            raise SystemExit(
+                f"--column {pair!r}: expected FIELD=COLUMN with FIELD one of "
+                f"{', '.join(ColumnMapping.model_fields)}"
+            )
+        setattr(columns, key, value or None)
+    return columns
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    from makevl.data.validate import validate
+
+    columns = column_mapping(args.preset, args.column)
+    try:
+        report = validate(
+            args.catalog,
+            args.queries,
+            columns,
+            max_title_chars=args.max_title_chars,
+            max_bad_fraction=args.max_bad_fraction,
+            check_images=not args.no_images,
+            workers=args.workers,
+            required_fields=columns.attributes,
+        )
+    except CatalogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.to_json() if args.json else report.to_text())
+    return 0 if report.ok else 1
+
+
+def make_demo_command(args: argparse.Namespace) -> int:
+    from makevl.data.demo import make_demo_shop
+
+    start = time.perf_counter()
+    stats = make_demo_shop(args.out, n_products=args.products, seed=args.seed,
+                           image_size=args.image_size)
+    seconds = time.perf_counter() - start
+    print(
+        f"demo shop: {stats['products']} products, {stats['queries']} queries, "
+        f"{stats['pairs']} relevance pairs written to {args.out} in {seconds:.1f} s "
+        f"({stats['products'] / max(seconds, 1e-9):.0f} products/s)"
+    )
+    return 0
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    from makevl.data.shop import load_shop
+    from makevl.data.stats import format_statistics, shop_statistics
+
+    cfg = load_config(args.config, args.overrides)
+    stats = shop_statistics(load_shop(cfg.data))
+    print(json.dumps(stats, indent=2) if args.json else format_statistics(stats))
+    return 0

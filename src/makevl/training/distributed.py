@@ -1,0 +1,108 @@
+"""torch.distributed plumbing for ``makevl train`` under ``torchrun``.
+
+The same command runs on one process or many: when ``torchrun`` sets
+``WORLD_SIZE`` > 1 we join a process group (gloo on CPU, nccl on CUDA), every
+rank takes its own slice of each global batch, DDP averages gradients, and
+only rank 0 writes checkpoints, logs and the progress bar.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` means CUDA when there is one, else CPU; each rank gets its own GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def setup(device: str = "auto") -> DistInfo:
+    """Join the process group ``torchrun`` describes in env vars; a no-op for one process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    torch_device = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if torch_device.type == "cuda":
+            torch.cuda.set_device(torch_device)
+        backend = "nccl" if torch_device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return DistInfo(rank, world_size, local_rank, torch_device)
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def mean_across_ranks(values: dict[str, float], info: DistInfo) -> dict[str, float]:
+    """Average scalar metrics over ranks so the log shows the global-batch value."""
+    if not info.enabled or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=info.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    tensor /= info.world_size
+    return dict(zip(keys, tensor.tolist()))
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when ``flag`` is true on any; keeps ranks in step (e.g. on SIGTERM)."""
+    if not info.enabled:
+        return flag
+    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=info.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def sum_counts(counts: dict[str, int], info: DistInfo) -> dict[str, int]:
+    """Add per-reason counters from all ranks (keys may differ between ranks)."""
+    if not info.enabled:
+        return dict(counts)
+    gathered: list[dict[str, int] | None] = [None] * info.world_size
+    dist.all_gather_object(gathered, dict(counts))
+    total: dict[str, int] = {}
+    for part in gathered:
+        for key, value in (part or {}).items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's ``obj``, in rank order (used to save each rank's RNG state)."""
+    if not info.enabled:
+        return [obj]
+    gathered: list = [None] * info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
