@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from makevl.data.catalog import KEYWORD_SEPARATOR, Product, write_catalog_csv
+from makevl.data.catalog import Product, write_catalog_csv
 
 ATTRIBUTES = ("category", "brand", "colour", "pattern", "gender", "material", "spec")
 APPAREL = ("dress", "t-shirt", "trousers")
@@ -199,8 +199,8 @@ SHAPES = {
               (0.63, 0.34), (0.58, 0.44), (0.82, 0.92), (0.18, 0.92), (0.42, 0.44), (0.37, 0.34)],
     "trousers": [(0.3, 0.08), (0.7, 0.08), (0.76, 0.92), (0.56, 0.92), (0.5, 0.36),
                  (0.44, 0.92), (0.24, 0.92)],
-    "shoes": [(0.1, 0.5), (0.3, 0.45), (0.44, 0.3), (0.6, 0.3), (0.66, 0.46), (0.88, 0.54),
-              (0.92, 0.66), (0.1, 0.66)],
+    "shoes": [(0.08, 0.4), (0.2, 0.36), (0.34, 0.44), (0.44, 0.3), (0.54, 0.32), (0.62, 0.44),
+              (0.84, 0.5), (0.93, 0.57), (0.93, 0.66), (0.08, 0.66)],
     "bag": [(0.2, 0.4), (0.8, 0.4), (0.86, 0.86), (0.14, 0.86)],
 }  # fmt: skip
 SCREEN = (22, 26, 38)
@@ -275,7 +275,7 @@ def render_product_image(
         draw.rectangle(box(0.41, 0.04, 0.59, 0.96), fill=(44, 44, 48))
         draw.rounded_rectangle(box(0.3, 0.28, 0.7, 0.72), radius, fill=rgb, outline=edge, width=2)
         draw.rounded_rectangle(box(0.34, 0.32, 0.66, 0.68), radius // 2, fill=SCREEN)
-    layer = layer.rotate(rng.uniform(-8, 8), resample=Image.Resampling.BICUBIC)
+    layer = layer.rotate(rng.uniform(-8, 8), resample=Image.Resampling.BILINEAR)
     shade = rng.randint(214, 250)
     picture = Image.new("RGB", (canvas, canvas), _jitter((shade, shade, shade), rng, 5))
     picture.paste(layer, mask=layer.getchannel("A"))
@@ -372,4 +372,3 @@ def make_demo_shop(
             "images": str(image_dir),
         },
     }
-
