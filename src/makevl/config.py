@@ -57,11 +57,14 @@ class ModelConfig(_Section):
     query_backbone: str | None = None  # None: same architecture as text_backbone, own weights
     shared_query_title_encoder: bool = False  # ablation: one text encoder for both
     image_backbone: str = "tiny"  # "tiny", "efficientnet_lite0" or any timm model name
+    image_weights: str | None = None  # local weight file for a timm image backbone
     embed_dim: int = Field(256, gt=0)
     fusion_layers: int = Field(2, ge=1)
     fusion_heads: int = Field(4, ge=1)
     modal_adaptation: bool = True  # False: fixed equal weights over title/image/fused
-    fusion_only: bool = False  # ablation: product vector = fused vector only
+    # Which vector represents a product: "adaptive" mixes title/image/fused (MAKE);
+    # "title", "image" or "fused" use one branch (baselines and the fused-only ablation).
+    product_branch: Literal["adaptive", "title", "image", "fused"] = "adaptive"
     keyword_enhancement: bool = True
     freeze_text: bool = False
     freeze_image: bool = False

