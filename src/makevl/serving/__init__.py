@@ -1,1 +1,1 @@
-"""makevl.serving"""
+"""The search server (FastAPI) and its web page."""

@@ -1,0 +1,139 @@
+"""What the index needs from a model, and where it gets one.
+
+An index only needs two calls from a model: encode queries, and encode products
+(vectors plus the Modal Adaptation weights shown with every result). Anything
+with those two methods is an :class:`Encoder`. The trained MAKE model is one;
+:class:`HashingEncoder`, a model-free hashed bag of words, is another, so the
+index, the server and their tests run without a checkpoint.
+
+Every index remembers which encoder built it (``spec``) and a hash of its
+weights (``model_hash``), so queries are never scored by a different model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from makevl.data.catalog import Product
+from makevl.data.text import words
+
+OnError = Callable[[Product, Exception], None]
+
+
+class Encoder(Protocol):
+    def encode_queries(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """``[N, d]`` float32, unit norm."""
+        ...
+
+    def encode_products(
+        self, products: Iterable[Product], batch_size: int = 64, on_error: OnError | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """``(vectors [N, d], alpha [N, 3] over (title, image, fused), ids)``; failed products are
+        passed to ``on_error`` and left out."""
+        ...
+
+
+class EncoderSpecError(ValueError):
+    """A manifest names an encoder this code cannot rebuild."""
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class HashingEncoder:
+    """Hashed bag of words (words and their 4-letter prefixes) into ``dim`` signed buckets.
+
+    A deterministic stand-in for a trained model: no weights, same vectors in
+    every process. Titles and attribute values are the product text; the MA
+    weights are made up from the text length so the web page has something to
+    show, and say so in ``spec``.
+    """
+
+    def __init__(self, dim: int = 64) -> None:
+        if dim < 8:
+            raise ValueError(f"HashingEncoder dim must be >= 8, got {dim}")
+        self.dim = dim
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {"type": "hashing", "dim": self.dim}
+
+    @property
+    def model_hash(self) -> str:
+        return f"hashing-v1-dim{self.dim}"
+
+    def _embed(self, text: str) -> np.ndarray:
+        vector = np.zeros(self.dim, dtype=np.float32)
+        for word in words(text):
+            for token, weight in ((word, 1.0), (word[:4], 0.5)):
+                h = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "big")
+                vector[h % self.dim] += weight if (h >> 32) & 1 else -weight
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else vector
+
+    def encode_queries(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            out[i] = self._embed(text)
+        return out
+
+    def encode_products(
+        self, products: Iterable[Product], batch_size: int = 64, on_error: OnError | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        vectors, alphas, ids = [], [], []
+        for product in products:
+            if not product.title.strip():
+                error = ValueError("empty title")
+                if on_error is None:
+                    raise error
+                on_error(product, error)
+                continue
+            text = " ".join([product.title, *product.attributes.values()])
+            vectors.append(self._embed(text))
+            logits = np.array(
+                [len(words(product.title)) / 4.0, 1.0 if product.image else -4.0, 0.5]
+            )
+            alphas.append(np.exp(logits) / np.exp(logits).sum())
+            ids.append(product.id)
+        if not ids:
+            return np.zeros((0, self.dim), np.float32), np.zeros((0, 3), np.float32), []
+        return np.stack(vectors), np.asarray(alphas, dtype=np.float32), ids
+
+
+def checkpoint_hash(checkpoint: str | Path) -> str:
+    """SHA-256 of a checkpoint's ``model.safetensors`` (a checkpoint or run directory)."""
+    from makevl.training.checkpoint import WEIGHTS, resolve_checkpoint
+
+    return file_sha256(resolve_checkpoint(checkpoint) / WEIGHTS)
+
+
+def load_checkpoint_encoder(checkpoint: str | Path) -> tuple[Encoder, dict[str, Any], str, dict]:
+    """Load a trained MAKE model: ``(encoder, spec, model_hash, run_config_dict)``."""
+    from makevl.training.checkpoint import load_checkpoint, resolve_checkpoint
+
+    directory = resolve_checkpoint(checkpoint).resolve()
+    model, cfg, _vocab = load_checkpoint(directory)
+    spec = {"type": "checkpoint", "path": str(directory)}
+    return model, spec, checkpoint_hash(directory), cfg.model_dump(mode="json")
+
+
+def encoder_from_spec(spec: dict[str, Any]) -> tuple[Encoder, str]:
+    """Rebuild the encoder a manifest names: ``(encoder, model_hash)``."""
+    kind = spec.get("type")
+    if kind == "hashing":
+        encoder = HashingEncoder(int(spec["dim"]))
+        return encoder, encoder.model_hash
+    if kind == "checkpoint":
+        encoder, _spec, model_hash, _cfg = load_checkpoint_encoder(spec["path"])
+        return encoder, model_hash
+    raise EncoderSpecError(f"unknown encoder type {kind!r} in index manifest")

@@ -1,0 +1,253 @@
+"""The on-disk product index: files, manifest, checksums and atomic replacement.
+
+An index directory holds
+
+- ``index.faiss``       the FAISS index (an ``IndexIDMap2``; ids are ``faiss_id`` below)
+- ``vectors.npy``       the product vectors, row-aligned with the table, so an update
+                        never re-encodes old products and any index type can be rebuilt
+- ``products.parquet``  one row per product: what a search result shows
+- ``manifest.json``     model hash, encoder, config, dim, count, factory, times and the
+                        SHA-256 of every file above; written last
+
+``DIR`` is a symlink to a version directory ``DIR.versions/<stamp>``. A build or
+an update writes a new version next to the current one and swaps the symlink
+with one ``rename``, so a crash at any point leaves the previous index intact
+and readers never see half an index.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from makevl.index.encoders import file_sha256
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+INDEX_FILE = "index.faiss"
+VECTORS_FILE = "vectors.npy"
+PRODUCTS_FILE = "products.parquet"
+
+PRODUCT_SCHEMA = pa.schema(
+    [
+        ("faiss_id", pa.int64()),
+        ("id", pa.string()),
+        ("title", pa.string()),
+        ("image_path", pa.string()),  # absolute path of a catalog image, or null
+        ("image_bytes", pa.large_binary()),  # the image itself when the catalog held bytes
+        ("image_embedded", pa.bool_()),  # image_bytes is set (so readers need not load it)
+        ("attributes", pa.string()),  # JSON object
+        ("alpha_title", pa.float32()),
+        ("alpha_image", pa.float32()),
+        ("alpha_fused", pa.float32()),
+    ]
+)
+# What a search needs in memory; image bytes are read from disk on request.
+DISPLAY_COLUMNS = [name for name in PRODUCT_SCHEMA.names if name != "image_bytes"]
+
+
+class IndexStoreError(RuntimeError):
+    """An index that cannot be used as it is; the message names the file and the fix."""
+
+
+class IndexFileError(IndexStoreError):
+    """A file of an index that is missing or corrupt."""
+
+
+class ModelMismatchError(IndexStoreError):
+    """Queries would be encoded by a different model than the one that built the index."""
+
+
+def versions_dir(index_dir: Path) -> Path:
+    return index_dir.with_name(index_dir.name + ".versions")
+
+
+@contextmanager
+def writer_lock(index_dir: Path) -> Iterator[None]:
+    """One writer at a time per index (an flock on ``DIR.versions/.lock``)."""
+    folder = versions_dir(index_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexStoreError(f"{index_dir}: another build or update is writing this index")
+        yield
+
+
+def new_version(index_dir: Path) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    path = versions_dir(index_dir) / f"{stamp}-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True)
+    return path
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_replaceable(index_dir: Path) -> None:
+    """Refuse to replace a file or a folder of other things with an index."""
+    if index_dir.is_symlink() or not index_dir.exists():
+        return
+    is_index = (index_dir / MANIFEST).is_file()
+    if not index_dir.is_dir() or (not is_index and any(index_dir.iterdir())):
+        raise IndexStoreError(
+            f"{index_dir} exists and is not a makevl index; choose another output folder"
+        )
+
+
+def publish(index_dir: Path, version: Path) -> None:
+    """Point ``index_dir`` at ``version`` in one atomic rename; drop the older versions."""
+    for path in version.iterdir():
+        _fsync(path)
+    _fsync(version)
+    check_replaceable(index_dir)
+    link = index_dir.with_name(f".{index_dir.name}.link-{uuid.uuid4().hex[:8]}")
+    os.symlink(os.path.relpath(version, index_dir.parent), link)
+    if index_dir.is_symlink() or not index_dir.exists():
+        os.replace(link, index_dir)  # atomic: readers see the old or the new index
+    else:  # a plain directory (an index copied with cp -L): move it aside, then swap
+        backup = index_dir.with_name(f".{index_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(index_dir, backup)
+        os.replace(link, index_dir)
+        shutil.rmtree(backup)
+    _fsync(index_dir.parent)
+    for old in versions_dir(index_dir).iterdir():  # previous and interrupted versions
+        if old.is_dir() and old != version:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def write_version(
+    index_dir: Path,
+    version: Path,
+    manifest: dict[str, Any],
+    index: faiss.Index,
+    vectors: np.ndarray,
+    table: pa.Table | None = None,
+) -> dict[str, Any]:
+    """Write the index files into ``version`` (the table may already be there), checksum
+    them, write the manifest last and publish. Returns the manifest written."""
+    if table is not None:
+        pq.write_table(table, version / PRODUCTS_FILE, row_group_size=1024)
+    faiss.write_index(index, str(version / INDEX_FILE))
+    np.save(version / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32))
+    manifest = dict(manifest)
+    manifest["files"] = {
+        name: {"sha256": file_sha256(version / name), "bytes": (version / name).stat().st_size}
+        for name in (INDEX_FILE, VECTORS_FILE, PRODUCTS_FILE)
+    }
+    (version / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    publish(index_dir, version)
+    return manifest
+
+
+def read_manifest(index_dir: str | Path) -> dict[str, Any]:
+    path = Path(index_dir) / MANIFEST
+    if not path.is_file():
+        raise IndexFileError(
+            f"{path}: not found; {index_dir} is not an index built by `makevl index build`"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexFileError(f"{path}: corrupt manifest ({exc}); rebuild the index") from exc
+    missing = [
+        k for k in ("format", "model_hash", "encoder", "dim", "count", "files") if k not in manifest
+    ]
+    if missing:
+        raise IndexFileError(f"{path}: corrupt manifest, missing {missing}; rebuild the index")
+    if manifest["format"] != FORMAT_VERSION:
+        raise IndexStoreError(
+            f"{path}: index format {manifest['format']}, this makevl reads {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def verify_files(index_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Check every file the manifest lists exists and matches its SHA-256."""
+    for name, info in manifest["files"].items():
+        path = Path(index_dir) / name
+        if not path.is_file():
+            raise IndexFileError(f"{path}: missing (listed in {MANIFEST}); rebuild the index")
+        actual = file_sha256(path)
+        if actual != info["sha256"]:
+            raise IndexFileError(
+                f"{path}: checksum mismatch (expected sha256 {info['sha256'][:16]}..., "
+                f"got {actual[:16]}...); the file is corrupt, rebuild the index"
+            )
+
+
+def read_faiss(path: Path, mmap: bool = True) -> faiss.Index:
+    """Read a FAISS index, memory-mapping its vectors/codes where FAISS supports it."""
+    if mmap:
+        try:
+            return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError:
+            pass  # index types FAISS cannot map are read into memory
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise IndexFileError(f"{path}: not a readable FAISS index: {exc}") from exc
+
+
+@dataclass
+class StoredIndex:
+    """A loaded index version. ``table`` holds :data:`DISPLAY_COLUMNS` (or all columns)."""
+
+    path: Path  # the resolved version directory
+    manifest: dict[str, Any]
+    faiss_index: faiss.Index
+    table: pa.Table
+
+
+def load_stored(
+    index_dir: str | Path, *, mmap: bool = True, verify: bool = True, all_columns: bool = False
+) -> StoredIndex:
+    """Load an index for reading; a missing or corrupt file raises :class:`IndexFileError`."""
+    index_dir = Path(index_dir)
+    if not index_dir.exists():
+        raise IndexFileError(f"{index_dir}: no such index directory")
+    path = index_dir.resolve()  # pin this version even if an update swaps the link meanwhile
+    manifest = read_manifest(path)
+    if verify:
+        verify_files(path, manifest)
+    faiss_index = read_faiss(path / INDEX_FILE, mmap=mmap)
+    try:
+        table = pq.read_table(
+            path / PRODUCTS_FILE, columns=None if all_columns else DISPLAY_COLUMNS
+        )
+    except (OSError, pa.ArrowException) as exc:
+        raise IndexFileError(
+            f"{path / PRODUCTS_FILE}: not a readable product table: {exc}"
+        ) from exc
+    if faiss_index.ntotal != table.num_rows or faiss_index.d != manifest["dim"]:
+        raise IndexFileError(
+            f"{path}: {INDEX_FILE} has {faiss_index.ntotal} vectors of dim {faiss_index.d}, "
+            f"{PRODUCTS_FILE} has {table.num_rows} rows, manifest says dim {manifest['dim']}; "
+            "rebuild the index"
+        )
+    return StoredIndex(path, manifest, faiss_index, table)
+
+
+def load_vectors(stored: StoredIndex) -> np.ndarray:
+    """The stored product vectors, memory-mapped (row i belongs to table row i)."""
+    return np.load(stored.path / VECTORS_FILE, mmap_mode="r")

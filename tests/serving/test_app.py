@@ -1,0 +1,248 @@
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from makevl.index.search import Searcher
+from makevl.serving.app import MAX_BATCH, STATIC_DIR, create_app
+from makevl.serving.metrics import Metrics
+
+
+@pytest.fixture(scope="module")
+def client(served_index):
+    with TestClient(create_app(served_index), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_search(client):
+    response = client.get("/search", params={"q": "  red t-shirt ", "k": 3})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["query"] == "red t-shirt" and body["k"] == 3 and body["took_ms"] >= 0
+    first = body["results"][0]
+    assert first["id"] == "p1" and first["title"] == "Red cotton t-shirt for men"
+    assert first["image_url"] == "/products/p1/image"
+    assert sum(first["weights"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert first["attributes"] == {"category": "tshirt"}
+    assert len(body["results"]) == 3
+
+
+def test_batch_search_matches_single(client):
+    queries = ["red t-shirt", "blue enamel badge", "wrist watch"]
+    response = client.post("/search", json={"queries": queries, "k": 2})
+    assert response.status_code == 200
+    batch = response.json()["results"]
+    assert len(batch) == 3
+    for query, results in zip(queries, batch):
+        single = client.get("/search", params={"q": query, "k": 2}).json()["results"]
+        assert [r["id"] for r in results] == [r["id"] for r in single]
+    assert batch[1][0]["id"] == "b1"
+
+
+def test_product_and_image(client, served_index):
+    product = client.get("/products/p3").json()
+    assert product["title"] == "Green running shoes lightweight"
+    image = client.get(product["image_url"])
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert image.content == Path(Searcher(served_index).image("p3")).read_bytes()
+
+    embedded = client.get("/products/b1/image")
+    assert embedded.status_code == 200 and embedded.headers["content-type"] == "image/png"
+    assert embedded.content.startswith(b"\x89PNG")
+
+    missing = client.get("/products/nope")
+    assert missing.status_code == 404 and "no product 'nope'" in missing.json()["detail"]
+    no_image = client.get("/products/n1/image")
+    assert no_image.status_code == 404 and "has no image" in no_image.json()["detail"]
+    assert client.get("/products/n1").json()["image_url"] is None
+
+
+TRAVERSALS = [
+    "/products/..%2F..%2Fetc%2Fpasswd/image",
+    "/products/%2e%2e%2f%2e%2e%2fetc%2fpasswd/image",
+    "/products/..%252F..%252Fetc%252Fpasswd/image",
+    "/products/%2Fetc%2Fpasswd/image",
+    "/products/..%5C..%5Cetc%5Cpasswd/image",
+    "/products/../../etc/passwd/image",
+    "/products/p1/../../../../etc/passwd",
+    "/products/%00/image",
+    "/static/../../../../etc/passwd",
+    "/static/..%2F..%2F..%2Fetc%2Fpasswd",
+    "/static/%2e%2e/%2e%2e/serving/app.py",
+]
+
+
+@pytest.mark.parametrize("url", TRAVERSALS)
+def test_path_traversal_is_refused(client, url):
+    response = client.get(url)
+    assert response.status_code in (404, 422), response.text
+    assert b"root:" not in response.content
+    assert b"create_app" not in response.content
+
+
+def test_product_id_that_looks_like_a_path_is_just_an_id(client):
+    """The id "../../etc/passwd" is looked up in the index, never opened as a file."""
+    response = client.get("/products/..%2F..%2Fetc%2Fpasswd")
+    assert response.status_code == 200 and response.json()["title"] == "Oddly named product"
+    image = client.get("/products/..%2F..%2Fetc%2Fpasswd/image")
+    assert image.status_code == 404 and "has no image" in image.json()["detail"]
+
+
+def test_ids_with_slashes_work(client):
+    hit = client.get("/search", params={"q": "glass vase", "k": 1}).json()["results"][0]
+    assert hit["id"] == "sku/42" and hit["image_url"] == "/products/sku%2F42/image"
+    assert client.get(hit["image_url"]).content.startswith(b"\x89PNG")
+    assert client.get("/products/sku/42").json()["title"] == "Green glass vase"
+
+
+BAD_GETS = [
+    ({"q": "x" * 10_000}, "10000 characters long; the limit is 256"),
+    ({"q": "x", "k": -1}, "'k'"),
+    ({"q": "x", "k": 0}, "greater than or equal to 1"),
+    ({"q": "x", "k": 101}, "less than or equal to 100"),
+    ({"q": "x", "k": "abc"}, "valid integer"),
+    ({"q": "x", "k": "1.5"}, "valid integer"),
+    ({"q": "x", "k": ""}, "'k'"),
+    ({"q": "x", "k": "9" * 40}, "'k'"),
+    ({}, "'q': Field required"),
+    ({"k": 5}, "'q': Field required"),
+    ({"q": ""}, "query is empty"),
+    ({"q": "   \t\n "}, "query is empty"),
+    ({"q": "\u3000\u2003"}, "query is empty"),
+]
+
+
+@pytest.mark.parametrize(("params", "message"), BAD_GETS)
+def test_bad_get_parameters_get_422_with_a_message(client, params, message):
+    response = client.get("/search", params=params)
+    assert response.status_code == 422
+    assert message in response.json()["detail"]
+
+
+BAD_POSTS = [
+    ({}, "body.queries: Field required"),
+    ({"queries": []}, "at least 1 item"),
+    ({"queries": ["ok"] * (MAX_BATCH + 1)}, f"at most {MAX_BATCH} items"),
+    ({"queries": "red"}, "valid list"),
+    ({"queries": [1]}, "body.queries[0]"),
+    ({"queries": [None]}, "body.queries[0]"),
+    ({"queries": ["ok", "  "]}, "body.queries[1]: query is empty"),
+    ({"queries": ["x" * 300]}, "300 characters long"),
+    ({"queries": ["ok"], "k": 0}, "body.k"),
+    ({"queries": ["ok"], "k": "many"}, "body.k"),
+    ({"queries": ["ok"], "mode": "fast"}, "body.mode"),
+    ([["ok"]], "body"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), BAD_POSTS)
+def test_bad_batch_bodies_get_422_with_a_message(client, body, message):
+    response = client.post("/search", json=body)
+    assert response.status_code == 422
+    assert message in response.json()["detail"]
+
+
+def test_malformed_json_gets_422(client):
+    for content in (b"{bad", b"", b"\xff\xfe", b'{"queries": ["a"'):
+        response = client.post(
+            "/search", content=content, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 422, content
+        assert response.json()["detail"]
+
+
+UNICODE = ["红色 T恤", "👗 dress", "café crème", "فستان أحمر", "x\u0000y", "Ω" * 256, "e\u0301"]
+
+
+@pytest.mark.parametrize("query", UNICODE)
+def test_unicode_queries_are_fine(client, query):
+    response = client.get("/search", params={"q": query, "k": 2})
+    assert response.status_code == 200
+    assert response.json()["query"] == query.strip()
+
+
+def test_fuzz_never_500(client):
+    """A spread of odd requests: none may crash the server."""
+    urls = [
+        "/search?q=%ff%fe",
+        "/search?q=%",
+        "/search?q=a&q=b&k=1&k=2",
+        "/search?k=1e309&q=x",
+        "/search?q[]=x",
+        "/search?q=x&k=NaN",
+        "/search?q=x&k=%00",
+        "/products/",
+        "/products/%",
+        "/products/" + "a" * 600,
+        "/products/" + "a" * 600 + "/image",
+        "/products/%ff/image",
+        "/metrics?x=1",
+        "/healthz/..",
+        "/search/",
+        "/static/",
+        "/static/nope.js",
+        "/%2e%2e",
+    ]
+    for url in urls:
+        assert client.get(url).status_code < 500, url
+    for method in ("put", "delete", "patch"):
+        assert getattr(client, method)("/search").status_code == 405
+    assert (
+        client.post(
+            "/search", content=b"x" * 100_000, headers={"content-type": "application/json"}
+        ).status_code
+        == 422
+    )
+
+
+def test_healthz_and_metrics(client):
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["products"] == 16 and health["dim"] == 32
+    client.get("/search", params={"q": "badge"})
+    client.get("/search", params={"k": "bad"})
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    ok = re.search(
+        r'makevl_requests_total\{method="GET",route="/search",status="200"\} (\d+)', text
+    )
+    bad = re.search(
+        r'makevl_requests_total\{method="GET",route="/search",status="422"\} (\d+)', text
+    )
+    assert ok and int(ok.group(1)) >= 1 and bad and int(bad.group(1)) >= 1
+    count = re.search(r'makevl_request_duration_seconds_count\{route="/search"\} (\d+)', text)
+    inf = re.search(
+        r'makevl_request_duration_seconds_bucket\{route="/search",le="\+Inf"\} (\d+)', text
+    )
+    assert count.group(1) == inf.group(1)
+    assert "makevl_index_products 16" in text
+
+
+def test_metrics_histogram_is_cumulative():
+    metrics = Metrics()
+    for seconds in (0.0005, 0.003, 0.003, 0.2, 30.0):
+        metrics.observe("GET", "/search", 200, seconds)
+    text = metrics.render()
+    assert 'makevl_request_duration_seconds_bucket{route="/search",le="0.001"} 1' in text
+    assert 'makevl_request_duration_seconds_bucket{route="/search",le="0.005"} 3' in text
+    assert 'makevl_request_duration_seconds_bucket{route="/search",le="0.25"} 4' in text
+    assert 'makevl_request_duration_seconds_bucket{route="/search",le="10.0"} 4' in text
+    assert 'makevl_request_duration_seconds_bucket{route="/search",le="+Inf"} 5' in text
+    assert 'makevl_requests_total{method="GET",route="/search",status="200"} 5' in text
+
+
+def test_web_page_and_assets_are_local(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="search-form"' in page.text and "/static/app.js" in page.text
+    for name in ("app.js", "style.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+    for path in STATIC_DIR.iterdir():  # no CDN, nothing from the internet
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", path.read_text()), path.name
+
+
+def test_app_over_a_ready_searcher(served_index):
+    searcher = Searcher(served_index)
+    with TestClient(create_app(searcher)) as c:
+        assert c.get("/search", params={"q": "watch", "k": 1}).json()["results"][0]["id"] == "p12"
