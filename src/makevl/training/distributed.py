@@ -9,7 +9,9 @@ only rank 0 writes checkpoints, logs and the progress bar.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -20,7 +22,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def enabled(self) -> bool:
@@ -66,15 +68,35 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def mean_across_ranks(values: dict[str, float], info: DistInfo) -> dict[str, float]:
-    """Average scalar metrics over ranks so the log shows the global-batch value."""
-    if not info.enabled or not values:
-        return values
-    keys = sorted(values)
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=info.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    tensor /= info.world_size
-    return dict(zip(keys, tensor.tolist()))
+@contextmanager
+def main_rank_first(info: DistInfo) -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. writes a cache), then the others (which reuse it)."""
+    if not info.is_main:
+        barrier(info)
+    yield
+    if info.is_main:
+        barrier(info)
+
+
+def min_int(value: int, info: DistInfo) -> int:
+    """The smallest ``value`` over ranks (e.g. the batch size every rank can match)."""
+    if not info.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=info.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
+def average_gradients(parameters, info: DistInfo) -> None:
+    """Average ``.grad`` over ranks by hand, for a step where DDP's own sync was skipped."""
+    if not info.enabled:
+        return
+    for param in parameters:
+        if param.requires_grad:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+            param.grad /= info.world_size
 
 
 def any_rank(flag: bool, info: DistInfo) -> bool:

@@ -1,0 +1,68 @@
+"""Tiny shops and configs for the training tests: tiny random backbones, 32 px images."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from makevl.config import RunConfig, load_config
+from makevl.data.demo import make_demo_shop
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The CI machine has two cores shared by several jobs: one thread per test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def demo40(tmp_path_factory) -> Path:
+    """A 40-product demo shop (about 55 train pairs), generated once per session."""
+    out = tmp_path_factory.mktemp("demo40")
+    make_demo_shop(out, n_products=40, image_size=32)
+    return out / "catalog.csv"
+
+
+@pytest.fixture
+def demo_copy(demo40: Path, tmp_path: Path) -> Path:
+    """A private copy of the 40-product shop, for tests that break its files."""
+    target = tmp_path / "shop"
+    shutil.copytree(demo40.parent, target)
+    return target / "catalog.csv"
+
+
+@pytest.fixture
+def tiny_config():
+    """``tiny_config(catalog, out_dir, "train.lr=1e-3", ...)`` -> a RunConfig, everything tiny."""
+    return make_tiny_config
+
+
+def make_tiny_config(catalog: Path, out_dir: Path, *overrides: str) -> RunConfig:
+    return load_config(
+        None,
+        [
+            "data.preset=demo",
+            f"data.catalog={catalog}",
+            "data.image_size=32",
+            "data.max_query_tokens=8",
+            "data.max_title_tokens=16",
+            "model.text_backbone=tiny",
+            "model.image_backbone=tiny",
+            "model.embed_dim=32",
+            "model.fusion_layers=1",
+            "model.fusion_heads=2",
+            f"train.out_dir={out_dir}",
+            "train.batch_size=8",
+            "train.epochs=1",
+            "train.warmup_steps=2",
+            "train.log_every=1",
+            "train.device=cpu",
+            *overrides,
+        ],
+    )

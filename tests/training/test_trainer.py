@@ -1,0 +1,193 @@
+"""The training loop: it learns, resumes exactly, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from makevl.cli import main as cli_main
+from makevl.cli.train import config_path
+from makevl.config import load_config
+from makevl.data.demo import make_demo_shop
+from makevl.models.make import MakeModel
+from makevl.training.checkpoint import load_checkpoint, load_trainer_state
+from makevl.training.trainer import TrainingError, build_optimizer, lr_lambda, train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def metrics(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(out_dir: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in metrics(out_dir) if "loss" in m}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        # dropout in the tiny BERTs and a memory bank: RNG and bank state must come back
+        ("data.num_workers=0", "train.memory_bank_size=16"),
+        # workers and gradient accumulation; the stop lands mid-epoch
+        ("data.num_workers=2", "train.grad_accum_steps=2"),
+    ],
+)
+def test_resume_gives_identical_weights(demo40: Path, tmp_path: Path, tiny_config, settings):
+    # 6 batches of 8 per epoch: 8 steps cross an epoch boundary (validation + save there).
+    steps = 8 if "train.grad_accum_steps=2" not in settings else 5
+    straight = tiny_config(demo40, tmp_path / "straight", f"train.max_steps={steps}", *settings)
+    split = tiny_config(demo40, tmp_path / "split", f"train.max_steps={steps}", *settings)
+    a = train(straight)
+    half = train(split, stop_after=steps // 2)
+    assert half.stopped == "stop_after" and half.step == steps // 2
+    b = train(split, resume=True)
+    assert a.step == b.step == steps
+
+    weights_a = load_file(tmp_path / "straight" / "last" / "model.safetensors")
+    weights_b = load_file(tmp_path / "split" / "last" / "model.safetensors")
+    assert weights_a.keys() == weights_b.keys()
+    different = [k for k in weights_a if not torch.equal(weights_a[k], weights_b[k])]
+    assert not different, f"weights differ after resume: {different[:5]}"
+    assert losses(tmp_path / "straight") == losses(tmp_path / "split")
+    state_a = load_trainer_state(tmp_path / "straight" / "last")
+    state_b = load_trainer_state(tmp_path / "split" / "last")
+    if state_a["memory_bank"] is not None:
+        assert all(torch.equal(state_a["memory_bank"][k], state_b["memory_bank"][k])
+                   for k in state_a["memory_bank"])  # fmt: skip
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(demo40, tmp_path, tiny_config):
+    cfg = tiny_config(demo40, tmp_path / "run", "train.max_steps=1")
+    with pytest.raises(TrainingError, match="no checkpoint to resume"):
+        train(cfg, resume=True)
+    train(cfg)
+    with pytest.raises(TrainingError, match="already holds a checkpoint.*--resume"):
+        train(cfg)
+
+
+@pytest.fixture(scope="module")
+def demo300(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo300")
+    make_demo_shop(out, n_products=300, image_size=32)
+    return out / "catalog.csv"
+
+
+def test_training_lowers_loss_and_beats_the_untrained_model(demo300, tmp_path, tiny_config):
+    # about 780 train pairs and 27 val products: 2 epochs of 24 steps
+    cfg = tiny_config(demo300, tmp_path / "run", "train.batch_size=32", "train.epochs=2",
+                      "train.lr=2e-3", "train.warmup_steps=5")  # fmt: skip
+    result = train(cfg)
+    curve = [loss for _, loss in sorted(losses(tmp_path / "run").items())]
+    assert len(curve) == result.step == 48
+    first, last = sum(curve[:5]) / 5, sum(curve[-5:]) / 5
+    assert last < 0.75 * first, f"loss {first:.3f} -> {last:.3f}"
+    assert result.initial_recall is not None and result.best_recall is not None
+    assert result.best_recall >= result.initial_recall + 0.2, (
+        f"val Recall@10 {result.initial_recall:.3f} -> {result.best_recall:.3f}"
+    )
+    assert result.samples_per_s > 0
+    # best/ holds the model that scored best_recall; it loads for eval/index/serve
+    model, loaded_cfg, vocab = load_checkpoint(tmp_path / "run" / "best")
+    assert loaded_cfg == cfg and len(vocab) == model.num_keywords
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_continues(demo40: Path, tmp_path: Path, tiny_config):
+    out = tmp_path / "run"
+    cfg = tiny_config(demo40, out, "train.epochs=1000")
+    config_file = tmp_path / "run.yaml"
+    cfg.save(config_file)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [sys.executable, "-m", "makevl.cli", "train", "--config", str(config_file)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # wait until it is really training
+            if (out / "metrics.jsonl").exists() and len(losses(out)) >= 3:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("training did not start within 60 s")
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    text = output.decode()
+    assert process.returncode == 143, text[-2000:]
+    assert "SIGTERM received" in text and "continue with --resume" in text
+    state = load_trainer_state(out / "last")
+    assert state["step"] == max(losses(out)) >= 3
+
+    resumed = subprocess.run(
+        command + ["--resume", f"train.max_steps={state['step'] + 2}"],
+        check=False, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert load_trainer_state(out / "last")["step"] == state["step"] + 2
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    factor = lr_lambda(warmup_steps=4, total_steps=20)
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    decay = [factor(s) for s in range(4, 21)]
+    assert decay == sorted(decay, reverse=True) and decay[-1] == pytest.approx(0.0)
+
+
+def test_optimizer_groups(demo40, tmp_path, tiny_config):
+    cfg = tiny_config(demo40, tmp_path, "train.backbone_lr=1e-5", "model.freeze_image=true")
+    model = MakeModel.from_config(cfg, num_keywords=5)
+    groups = build_optimizer(model, cfg).param_groups
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert by_param[id(names["logit_scale"])]["weight_decay"] == 0.0
+    assert by_param[id(names["query_proj.bias"])]["weight_decay"] == 0.0
+    assert by_param[id(names["query_proj.weight"])]["weight_decay"] == cfg.train.weight_decay
+    assert by_param[id(names["query_proj.weight"])]["lr"] == cfg.train.lr
+    tower = "title_encoder.model.encoder.layer.0.attention.self.query.weight"
+    assert by_param[id(names[tower])]["lr"] == 1e-5
+    assert not any(n.startswith("image_encoder.") and id(p) in by_param for n, p in names.items())
+
+
+def test_bf16_eval_every_and_time_budget(demo40, tmp_path, tiny_config):
+    cfg = tiny_config(demo40, tmp_path / "bf16", "train.bf16=true", "train.max_steps=4",
+                      "train.eval_every=2")  # fmt: skip
+    result = train(cfg)
+    assert result.step == 4 and math.isfinite(result.loss)
+    recalls = [m["step"] for m in metrics(tmp_path / "bf16") if "val_recall@10" in m]
+    assert recalls == [0, 2, 4]
+    budget = tiny_config(demo40, tmp_path / "budget", "train.max_minutes=0.0", "train.epochs=50")
+    stopped = train(budget)
+    assert stopped.stopped == "max_minutes" and stopped.step == 1
+    assert load_trainer_state(tmp_path / "budget" / "last")["step"] == 1
+
+
+def test_cli_trains_from_a_bundled_config(demo40, tmp_path, capsys):
+    code = cli_main(["train", "--config", "demo-tiny", f"data.catalog={demo40}",
+                     f"train.out_dir={tmp_path / 'run'}", "train.batch_size=8",
+                     "data.image_size=32", "model.embed_dim=32", "train.max_steps=2"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "run config" in out and "step 2 (epoch 0)" in out and "val Recall@10" in out
+    assert cli_main(["train", "--config", "demo-tiny", "train.nonsense=1"]) == 2
+    assert "nonsense" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["demo-tiny", "demo-pretrained", "fashion-mini"])
+def test_bundled_configs_load(name):
+    cfg = load_config(config_path(name))
+    assert cfg.train.out_dir == f"runs/{name}"
