@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from makevl.data.catalog import Product
 from makevl.data.images import ImageError, load_image
@@ -136,21 +137,39 @@ class CachedFeatures:
         return {self.names[name]: value for name, value in stored.items()}
 
 
+SHARD_ROWS = 4096  # rows per shard: memory stays bounded however large the catalog
+
+
 def _encode_missing(
     cache: FeatureCache,
     todo: list[tuple[str, Any]],
-    encode: Callable[[list[Any]], dict[str, np.ndarray]],
+    encode: Callable[[list[tuple[str, Any]]], tuple[list[str], dict[str, np.ndarray]]],
     batch_size: int,
+    desc: str,
 ) -> None:
-    keys, arrays = [], {}
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        out = encode([item for _, item in chunk])
-        keys += [key for key, _ in chunk]
+    """Encode ``todo`` in batches, writing a shard every SHARD_ROWS rows.
+
+    ``encode(chunk)`` returns the keys it encoded (it may drop unusable items)
+    and their arrays.
+    """
+    keys: list[str] = []
+    arrays: dict[str, list[np.ndarray]] = {}
+
+    def flush() -> None:
+        cache.add(keys, {name: np.concatenate(parts) for name, parts in arrays.items()})
+        keys.clear()
+        arrays.clear()
+
+    starts = range(0, len(todo), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=not todo, mininterval=2):
+        done, out = encode(todo[start : start + batch_size])
+        keys += done
         for name, values in out.items():
             arrays.setdefault(name, []).append(values)
+        if len(keys) >= SHARD_ROWS:
+            flush()
     if keys:
-        cache.add(keys, {name: np.concatenate(parts) for name, parts in arrays.items()})
+        flush()
 
 
 @torch.no_grad()
@@ -170,40 +189,47 @@ def cache_image_features(
     cache = FeatureCache(Path(cache_root) / f"image-{tower_fingerprint(encoder, *settings)}")
     keys: list[str | None] = []
     bad: dict[int, BadSample] = {}
-    todo: list[tuple[str, torch.Tensor]] = []
+    todo: list[tuple[str, int]] = []  # (key, row); images are decoded batch by batch
     queued: set[str] = set()
     for row, product in enumerate(products):
         key = image_key(product)
         keys.append(key)
-        if key in cache or key in queued:
-            continue
-        try:
-            todo.append((key, transform(load_image(product.image))))
+        if key not in cache and key not in queued:
+            todo.append((key, row))
             queued.add(key)
-        except ImageError as exc:
-            bad[row] = bad_sample(product, exc.reason, str(exc))
-            keys[row] = None
-        except OSError as exc:
-            bad[row] = bad_sample(product, "not a readable image", str(exc))
-            keys[row] = None
 
-    def encode(pixels: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    def encode(chunk: list[tuple[str, int]]) -> tuple[list[str], dict[str, np.ndarray]]:
+        done, pixels = [], []
+        for key, row in chunk:
+            try:
+                pixels.append(transform(load_image(products[row].image)))
+                done.append(key)
+            except (ImageError, OSError) as exc:
+                reason = exc.reason if isinstance(exc, ImageError) else "not a readable image"
+                bad[row] = bad_sample(products[row], reason, str(exc))
+                keys[row] = None
+        if not pixels:
+            return done, {}
         tokens, pooled = encoder(torch.stack(pixels).to(device))
-        return {
+        return done, {
             "tokens": tokens.float().cpu().numpy().astype(STORE_DTYPE),
             "pooled": pooled.float().cpu().numpy().astype(STORE_DTYPE),
         }
 
     encoder.eval()
-    _encode_missing(cache, todo, encode, batch_size)
+    _encode_missing(cache, todo, encode, batch_size, "caching image features")
+    for row, key in enumerate(keys):  # repeats of an image that failed above
+        if key is not None and key not in cache:
+            bad[row] = bad_sample(products[row], "unreadable image", "same image failed before")
+            keys[row] = None
     log.info(
         "image feature cache %s: %d encoded, %d reused",
         cache.directory,
-        len(todo),
-        len(products) - len(todo) - len(bad),
+        len(todo) - len(bad),
+        len(products) - len(todo),
     )
     names = {"tokens": "image_tokens", "pooled": "image_pooled"}
-    return CachedFeatures(cache, keys, names), bad, len(todo)
+    return CachedFeatures(cache, keys, names), bad, len(todo) - len(bad)
 
 
 @torch.no_grad()
@@ -229,7 +255,8 @@ def cache_title_features(
             queued.add(key)
             todo.append((key, product.title))
 
-    def encode(titles: list[str]) -> dict[str, np.ndarray]:
+    def encode(chunk: list[tuple[str, str]]) -> tuple[list[str], dict[str, np.ndarray]]:
+        titles = [title for _, title in chunk]
         batch = tokenize(titles)
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         tokens, pooled = encoder(ids, mask)
@@ -237,14 +264,14 @@ def cache_title_features(
         padded[:, : tokens.shape[1]] = tokens.float().cpu()[:, :max_tokens]
         full_mask = torch.zeros(len(titles), max_tokens, dtype=torch.long)
         full_mask[:, : mask.shape[1]] = mask.cpu()[:, :max_tokens]
-        return {
+        return [key for key, _ in chunk], {
             "tokens": padded.numpy().astype(STORE_DTYPE),
             "pooled": pooled.float().cpu().numpy().astype(STORE_DTYPE),
             "mask": full_mask.numpy().astype(np.int64),
         }
 
     encoder.eval()
-    _encode_missing(cache, todo, encode, batch_size)
+    _encode_missing(cache, todo, encode, batch_size, "caching title features")
     log.info("title feature cache %s: %d encoded", cache.directory, len(todo))
     names = {"tokens": "title_tokens", "pooled": "title_pooled", "mask": "title_attention_mask"}
     return CachedFeatures(cache, keys, names), len(todo)
