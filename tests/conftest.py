@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from helpers import write_image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

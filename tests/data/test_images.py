@@ -3,9 +3,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from makevl.data.images import ImageError, load_image, open_image
-
 from helpers import write_image
+from makevl.data.images import ImageError, load_image, open_image
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "LA", "I;16"])

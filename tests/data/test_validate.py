@@ -2,10 +2,9 @@ import csv
 import json
 from pathlib import Path
 
+from helpers import write_image
 from makevl.cli import main
 from makevl.data.validate import validate
-
-from helpers import write_image
 
 
 def make_bad_catalog(root: Path) -> tuple[Path, Path]:

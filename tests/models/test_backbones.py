@@ -14,15 +14,6 @@ from makevl.models.backbones import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tokenize(encoder, texts, max_length=16):
     out = encoder.tokenizer(
         texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"

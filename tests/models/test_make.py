@@ -22,14 +22,6 @@ TITLES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_model(seed=0, num_keywords=KEYWORDS, loss=None, **model_options) -> MakeModel:
     torch.manual_seed(seed)

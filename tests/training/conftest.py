@@ -6,19 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from makevl.config import RunConfig, load_config
 from makevl.data.demo import make_demo_shop
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The CI machine has two cores shared by several jobs: one thread per test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

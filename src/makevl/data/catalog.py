@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -160,7 +161,7 @@ def _iter_parquet(path: Path, batch_size: int = 1024) -> Iterator[tuple[int, dic
 def _text(value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, float) and value != value:  # NaN from pandas-written files
+    if isinstance(value, float) and math.isnan(value):  # NaN from pandas-written files
         return ""
     return str(value)
 

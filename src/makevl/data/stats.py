@@ -46,10 +46,15 @@ def shop_statistics(shop: Shop, category_attribute: str | None = None) -> dict[s
 
 def format_statistics(stats: dict[str, Any]) -> str:
     lines = [
-        f"shop {stats['shop']}: {stats['products']} products, {stats['distinct_queries']} "
-        f"distinct queries, {stats['query_rows']} relevance rows, {stats['skipped_rows']} rows skipped",
-        f"title words: mean {stats['title_words']['mean']} max {stats['title_words']['max']}; "
-        f"query words: mean {stats['query_words']['mean']} max {stats['query_words']['max']}",
+        (
+            f"shop {stats['shop']}: {stats['products']} products, {stats['distinct_queries']} "
+            f"distinct queries, {stats['query_rows']} relevance rows, "
+            f"{stats['skipped_rows']} rows skipped"
+        ),
+        (
+            f"title words: mean {stats['title_words']['mean']} max {stats['title_words']['max']}; "
+            f"query words: mean {stats['query_words']['mean']} max {stats['query_words']['max']}"
+        ),
     ]
     for split, s in stats["splits"].items():
         lines.append(

@@ -6,12 +6,7 @@ import re
 
 # Colour words as they appear in product titles (lower case). Used to build the
 # --sparse-titles condition, where only the photo still tells the colour.
-COLOUR_WORDS = (
-    "black white grey gray red blue navy green yellow orange pink purple brown beige "
-    "maroon olive teal turquoise cream khaki silver gold magenta lavender peach "
-    "mustard charcoal burgundy rust coffee tan copper bronze fluorescent multi "
-    "off-white sea-green skin nude mauve taupe metallic"
-).split()
+COLOUR_WORDS = ["black", "white", "grey", "gray", "red", "blue", "navy", "green", "yellow", "orange", "pink", "purple", "brown", "beige", "maroon", "olive", "teal", "turquoise", "cream", "khaki", "silver", "gold", "magenta", "lavender", "peach", "mustard", "charcoal", "burgundy", "rust", "coffee", "tan", "copper", "bronze", "fluorescent", "multi", "off-white", "sea-green", "skin", "nude", "mauve", "taupe", "metallic"]
 
 _COLOUR_RE = re.compile(
     r"\b(" + "|".join(re.escape(w) for w in sorted(COLOUR_WORDS, key=len, reverse=True)) + r")\b",

@@ -1,0 +1,48 @@
+"""``makevl report``: train and compare every system on a preset; write a report."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="every baseline and ablation side by side, with plots")
+    p.add_argument("--preset", choices=["demo", "fashion-mini"], required=True)
+    p.add_argument("--out", help="output folder (default reports/<preset>[-sparse-titles])")
+    p.add_argument("--config", help="base run config (default: the preset's config)")
+    p.add_argument("--sparse-titles", action="store_true",
+                   help="strip colour words from every title (train and test)")
+    p.add_argument("--minutes-per-model", type=float, default=None,
+                   help="training budget of each trained system")
+    p.add_argument("--systems", nargs="*", default=None,
+                   help="only these systems (default: all)")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("overrides", nargs="*", help="section.key=value applied to every system")
+    p.set_defaults(func=report_command)
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from makevl.evaluation.report import run_report
+
+    overrides = list(args.overrides)
+    suffix = ""
+    if args.sparse_titles:
+        overrides.append("data.sparse_titles=true")
+        suffix = "-sparse-titles"
+    out = args.out or f"reports/{args.preset}{suffix}"
+    figures = run_report(
+        args.preset,
+        out,
+        config=args.config,
+        overrides=overrides,
+        minutes_per_model=args.minutes_per_model,
+        systems=args.systems,
+        bootstrap=args.bootstrap,
+        command="makevl " + shlex.join(sys.argv[1:]),
+    )
+    print(f"report written to {out}/report.md in {figures['seconds'] / 60:.1f} minutes")
+    for claim in figures["claims"]:
+        print(f"  {'holds' if claim['holds'] else 'DOES NOT HOLD'}: {claim['claim']}")
+    return 0

@@ -1,0 +1,60 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from makevl.data.demo import make_demo_shop
+from makevl.data.shop import project_root
+from makevl.evaluation.report import check_claims, run_report
+
+
+def _figures(make: float, bm25: float, make_ci=(0.5, 0.7), bm25_ci=(0.2, 0.4)) -> dict:
+    def result(value, ci):
+        return {"metrics": {"ndcg@10": value, "recall@10": value},
+                "ci": {"ndcg@10": list(ci), "recall@10": list(ci)}}
+
+    return {"results": {"make": result(make, make_ci), "bm25": result(bm25, bm25_ci)},
+            "groups": {"make": "make", "bm25": "baseline"}}
+
+
+def test_claims_are_judged_from_the_figures():
+    holds = check_claims(_figures(0.6, 0.3))
+    assert holds and all(c["holds"] for c in holds)
+    fails = check_claims(_figures(0.3, 0.6, make_ci=(0.2, 0.4), bm25_ci=(0.5, 0.7)))
+    assert not any(c["holds"] for c in fails)
+    overlap = check_claims(_figures(0.5, 0.45, make_ci=(0.4, 0.6), bm25_ci=(0.35, 0.55)))
+    by_claim = {c["claim"]: c["holds"] for c in overlap}
+    assert by_claim["MAKE beats every baseline on ndcg@10"]
+    assert not by_claim["MAKE's 95% interval on ndcg@10 is above bm25's"]
+
+
+@pytest.mark.slow
+def test_report_on_tiny_data_writes_every_file(tmp_path: Path):
+    data = tmp_path / "shop"
+    make_demo_shop(data, n_products=80, seed=3)
+    out = tmp_path / "report"
+    figures = run_report(
+        "demo",
+        out,
+        config=str(project_root() / "src/makevl/configs/demo-tiny.yaml"),
+        overrides=[f"data.catalog={data / 'catalog.csv'}", f"data.queries={data / 'queries.csv'}",
+                   "train.max_steps=3", "train.epochs=1"],
+        systems=["bm25", "make", "make-no-ke", "text-bi-encoder", "static-fusion"],
+        bootstrap=20,
+        command="pytest",
+    )
+    for name in ["report.md", "report.json", "recall_at_k.png", "ma_image_weight.png",
+                 "examples.png", "per_query/make.jsonl", "per_query/bm25.jsonl"]:
+        assert (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "report.json").read_text())
+    assert set(saved["results"]) == {
+        "bm25", "make", "make-no-ke", "text-bi-encoder",
+        "static-fusion(title=0.25,image=0.75)", "static-fusion(title=0.5,image=0.5)",
+        "static-fusion(title=0.75,image=0.25)",
+    }
+    assert saved["training"]["make"]["steps"] == 3
+    assert set(saved["modal_adaptation"]) <= {"bag", "dress", "laptop", "phone", "shoes",
+                                              "t-shirt", "trousers", "watch"}
+    markdown = (out / "report.md").read_text()
+    assert "| make-no-ke |" in markdown and "## Claims" in markdown
+    assert figures["results"]["make"]["n_queries"] > 0
