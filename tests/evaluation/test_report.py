@@ -48,7 +48,7 @@ def test_report_on_tiny_data_writes_every_file(tmp_path: Path):
         assert (out / name).stat().st_size > 0, name
     saved = json.loads((out / "report.json").read_text())
     assert set(saved["results"]) == {
-        "bm25", "make", "make-no-ke", "text-bi-encoder",
+        "bm25", "make", "make-untrained", "make-no-ke", "text-bi-encoder",
         "static-fusion(title=0.25,image=0.75)", "static-fusion(title=0.5,image=0.5)",
         "static-fusion(title=0.75,image=0.25)",
     }
@@ -57,4 +57,23 @@ def test_report_on_tiny_data_writes_every_file(tmp_path: Path):
                                               "t-shirt", "trousers", "watch"}
     markdown = (out / "report.md").read_text()
     assert "| make-no-ke |" in markdown and "## Claims" in markdown
+    assert any("twice the Recall@10" in c["claim"] for c in saved["claims"])
     assert figures["results"]["make"]["n_queries"] > 0
+
+
+def test_sparse_title_claim_compares_losses():
+    full = _figures(0.8, 0.6)
+    full["results"]["text-bi-encoder"] = _figures(0.7, 0)["results"]["make"]
+    sparse = _figures(0.75, 0.4)
+    sparse["results"]["text-bi-encoder"] = _figures(0.5, 0)["results"]["make"]
+    sparse["groups"]["text-bi-encoder"] = "baseline"
+    from makevl.evaluation.report import title_drop
+
+    sparse["drop_vs_full_titles"] = title_drop(full, sparse)
+    assert sparse["drop_vs_full_titles"]["make"]["ndcg@10"] == pytest.approx(0.05)
+    claims = {c["claim"]: c["holds"] for c in check_claims(sparse)}
+    assert claims["with sparse titles MAKE loses less ndcg@10 than every text-only system"]
+    sparse["results"]["make"]["metrics"]["ndcg@10"] = 0.4  # now MAKE loses 0.4, more than both
+    sparse["drop_vs_full_titles"] = title_drop(full, sparse)
+    claims = {c["claim"]: c["holds"] for c in check_claims(sparse)}
+    assert not claims["with sparse titles MAKE loses less ndcg@10 than every text-only system"]

@@ -9,7 +9,9 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="every baseline and ablation side by side, with plots")
-    p.add_argument("--preset", choices=["demo", "fashion-mini"], required=True)
+    p.add_argument("--preset", choices=["demo", "fashion-mini"])
+    p.add_argument("--refresh", metavar="DIR",
+                   help="re-judge and re-render a finished report (no training)")
     p.add_argument("--out", help="output folder (default reports/<preset>[-sparse-titles])")
     p.add_argument("--config", help="base run config (default: the preset's config)")
     p.add_argument("--sparse-titles", action="store_true",
@@ -24,8 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from makevl.evaluation.report import run_report
+    from makevl.evaluation.report import refresh_report, run_report
 
+    if args.refresh:
+        figures = refresh_report(args.refresh)
+        print(f"report re-rendered: {args.refresh}/report.md")
+        _print_claims(figures)
+        return 0
+    if not args.preset:
+        print("makevl report: --preset is required (or --refresh DIR)", file=sys.stderr)
+        return 2
     overrides = list(args.overrides)
     suffix = ""
     if args.sparse_titles:
@@ -43,6 +53,10 @@ def report_command(args: argparse.Namespace) -> int:
         command="makevl " + shlex.join(sys.argv[1:]),
     )
     print(f"report written to {out}/report.md in {figures['seconds'] / 60:.1f} minutes")
+    _print_claims(figures)
+    return 0
+
+
+def _print_claims(figures: dict) -> None:
     for claim in figures["claims"]:
         print(f"  {'holds' if claim['holds'] else 'DOES NOT HOLD'}: {claim['claim']}")
-    return 0

@@ -71,6 +71,11 @@ TRAINED_SYSTEMS = [
                 "text-only bi-encoder: query vs title, fine-tuned here"),
 ]
 TEXT_ONLY = ("bm25", "minilm-zero-shot", "text-bi-encoder")
+_PLOT_TITLES = {
+    "Recall@K per system": "recall_at_k.png",
+    "Modal Adaptation image weight per category": "ma_image_weight.png",
+    "Top-5 of MAKE and of the best baseline": "examples.png",
+}
 PRESET_CONFIGS = {"demo": "demo-pretrained.yaml", "fashion-mini": "fashion-mini.yaml"}
 CATEGORY_ATTRIBUTE = {"demo": "category", "fashion-mini": "articleType"}
 
@@ -103,6 +108,8 @@ def run_report(
     """Train, evaluate and write the report for ``preset``; return the JSON figures."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    if preset not in PRESET_CONFIGS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESET_CONFIGS)}")
     (out_dir / "per_query").mkdir(parents=True, exist_ok=True)
     base = preset_config(preset, config, overrides or [])
     if minutes_per_model is not None:
@@ -134,8 +141,9 @@ def run_report(
     if wanted is None or "minilm-zero-shot" in wanted:
         record(evaluator.evaluate(ZeroShotMiniLMSystem()), "baseline")
 
+    from makevl.models.make import MakeModel
     from makevl.training.checkpoint import load_checkpoint
-    from makevl.training.trainer import train
+    from makevl.training.trainer import seed_everything, train
 
     for spec in TRAINED_SYSTEMS:
         if wanted is not None and spec.name not in wanted:
@@ -158,6 +166,12 @@ def run_report(
         record(evaluator.evaluate(system), spec.group)
         if spec.name == "make":
             make_alpha, make_model = system.product_alpha, model
+            # The same model before training (same config and seed): the floor to beat.
+            seed_everything(cfg.train.seed)
+            untrained = MakeModel.from_config(cfg, num_keywords=model.num_keywords)
+            record(evaluator.evaluate(EmbeddingSystem(
+                "make-untrained", untrained.encode_queries, untrained.encode_products)),
+                "reference")
 
     if make_model is not None and (wanted is None or "static-fusion" in wanted):
         for system in static_fusion_grid(
@@ -182,12 +196,34 @@ def run_report(
     }
     if make_alpha is not None:
         figures["modal_adaptation"] = _alpha_by_category(query_set.pool, make_alpha, category)
+    plots = write_plots(out_dir, results, groups, query_set.pool, make_alpha, category, evaluator)
+    figures["plots"] = plots
+    return write_report(out_dir, figures, sparse_titles=base.data.sparse_titles)
+
+
+def write_report(out_dir: Path, figures: dict[str, Any], sparse_titles: bool) -> dict[str, Any]:
+    """Judge the claims and write report.json and report.md from the figures.
+
+    A sparse-titles report is compared with the full-titles report beside it
+    (``reports/<preset>/report.json``) when that one exists.
+    """
+    full_titles = out_dir.parent / figures["preset"] / "report.json"
+    if sparse_titles and full_titles.is_file():
+        figures["full_titles_report"] = str(full_titles)
+        figures["drop_vs_full_titles"] = title_drop(json.loads(full_titles.read_text()), figures)
     figures["claims"] = check_claims(figures)
     (out_dir / "report.json").write_text(json.dumps(figures, indent=2, default=str))
-    plots = write_plots(out_dir, results, query_set.pool, make_alpha, category, evaluator)
-    (out_dir / "report.md").write_text(render_markdown(figures, plots))
-    figures["seconds"] = round(time.perf_counter() - started, 1)
+    (out_dir / "report.md").write_text(render_markdown(figures, figures.get("plots", {})))
     return figures
+
+
+def refresh_report(out_dir: str | Path) -> dict[str, Any]:
+    """Re-judge and re-render a finished report, e.g. once its full-titles sibling exists."""
+    out_dir = Path(out_dir)
+    figures = json.loads((out_dir / "report.json").read_text())
+    figures.setdefault("plots", {title: name for title, name in _PLOT_TITLES.items()
+                                 if (out_dir / name).is_file()})
+    return write_report(out_dir, figures, figures["config"]["data"]["sparse_titles"])
 
 
 def _branch(model, titles: list[str] | None = None, products: list[Product] | None = None):
@@ -214,6 +250,18 @@ def _alpha_by_category(pool: list[Product], alpha: np.ndarray, attribute: str | 
     return summary
 
 
+def title_drop(full: dict[str, Any], sparse: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """NDCG@10 and Recall@10 lost by each system when titles lose their colour words."""
+    drops = {}
+    for name, result in sparse["results"].items():
+        if name in full["results"]:
+            drops[name] = {
+                metric: full["results"][name]["metrics"][metric] - result["metrics"][metric]
+                for metric in ("ndcg@10", "recall@10")
+            }
+    return drops
+
+
 def check_claims(figures: dict[str, Any]) -> list[dict[str, Any]]:
     """The report's claims, each judged from the figures (never assumed)."""
     results = figures["results"]
@@ -221,6 +269,23 @@ def check_claims(figures: dict[str, Any]) -> list[dict[str, Any]]:
     if "make" not in results:
         return claims
     make = results["make"]
+    if "make-untrained" in results:
+        trained, floor = make["metrics"]["recall@10"], results["make-untrained"]["metrics"]["recall@10"]
+        claims.append({
+            "claim": "trained MAKE reaches at least twice the Recall@10 of the untrained model",
+            "holds": trained >= 2 * floor,
+            "detail": f"{trained:.4f} vs untrained {floor:.4f}",
+        })
+    drops = figures.get("drop_vs_full_titles", {})
+    text_only = [name for name in TEXT_ONLY if name in drops]
+    if "make" in drops and text_only:
+        for metric in ("ndcg@10", "recall@10"):
+            worse = [n for n in text_only if drops[n][metric] <= drops["make"][metric]]
+            claims.append({
+                "claim": f"with sparse titles MAKE loses less {metric} than every text-only system",
+                "holds": not worse,
+                "detail": ", ".join(f"{n} -{drops[n][metric]:.4f}" for n in ["make", *text_only]),
+            })
     baselines = [n for n, g in figures["groups"].items() if g == "baseline"]
     for metric in ("ndcg@10", "recall@10"):
         beaten = [b for b in baselines if make["metrics"][metric] > results[b]["metrics"][metric]]
@@ -287,6 +352,12 @@ def render_markdown(figures: dict[str, Any], plots: dict[str, str]) -> str:
                     f"{m['ndcg@10'] - base['ndcg@10']:+.4f} | {m['recall@10']:.4f} | "
                     f"{m['recall@10'] - base['recall@10']:+.4f} |"
                 )
+    if figures.get("drop_vs_full_titles"):
+        lines += ["", f"## Lost against full titles ({figures['full_titles_report']})", "",
+                  "| system | NDCG@10 lost | Recall@10 lost |", "| --- | --- | --- |"]
+        drops = figures["drop_vs_full_titles"]
+        for name in sorted(drops, key=lambda n: drops[n]["ndcg@10"]):
+            lines.append(f"| {name} | {drops[name]['ndcg@10']:+.4f} | {drops[name]['recall@10']:+.4f} |")
     if figures.get("claims"):
         lines += ["", "## Claims, checked against the figures", ""]
         for claim in figures["claims"]:
@@ -339,6 +410,7 @@ def _category_table(results: dict[str, Any], order: list[str]) -> list[str]:
 def write_plots(
     out_dir: Path,
     results: list[EvalResult],
+    groups: dict[str, str],
     pool: list[Product],
     alpha: np.ndarray | None,
     category: str | None,
@@ -382,7 +454,7 @@ def write_plots(
         plots["Modal Adaptation image weight per category"] = "ma_image_weight.png"
 
     by_name = {r.system: r for r in results}
-    baselines = [r for r in results if r.system not in ("make",) and not r.system.startswith("make-")]
+    baselines = [r for r in results if groups.get(r.system) == "baseline"]
     if "make" in by_name and baselines:
         best = max(baselines, key=lambda r: r.metrics["ndcg@10"])
         path = _example_grid(out_dir, by_name["make"], best, pool, evaluator)
