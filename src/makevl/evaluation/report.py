@@ -91,6 +91,11 @@ def machine_description() -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.system()} {cpu}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
 
@@ -251,14 +256,19 @@ def _alpha_by_category(pool: list[Product], alpha: np.ndarray, attribute: str | 
 
 
 def title_drop(full: dict[str, Any], sparse: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """NDCG@10 and Recall@10 lost by each system when titles lose their colour words."""
+    """NDCG@10 and Recall@10 lost by each system when titles lose their colour words.
+
+    ``<metric>`` is the absolute loss, ``<metric> relative`` the share of the
+    full-titles figure that was lost.
+    """
     drops = {}
     for name, result in sparse["results"].items():
         if name in full["results"]:
-            drops[name] = {
-                metric: full["results"][name]["metrics"][metric] - result["metrics"][metric]
-                for metric in ("ndcg@10", "recall@10")
-            }
+            drops[name] = {}
+            for metric in ("ndcg@10", "recall@10"):
+                before = full["results"][name]["metrics"][metric]
+                drops[name][metric] = before - result["metrics"][metric]
+                drops[name][f"{metric} relative"] = drops[name][metric] / before if before else 0.0
     return drops
 
 
@@ -279,7 +289,7 @@ def check_claims(figures: dict[str, Any]) -> list[dict[str, Any]]:
     drops = figures.get("drop_vs_full_titles", {})
     text_only = [name for name in TEXT_ONLY if name in drops]
     if "make" in drops and text_only:
-        for metric in ("ndcg@10", "recall@10"):
+        for metric in ("ndcg@10", "recall@10", "ndcg@10 relative"):
             worse = [n for n in text_only if drops[n][metric] <= drops["make"][metric]]
             claims.append({
                 "claim": f"with sparse titles MAKE loses less {metric} than every text-only system",
@@ -354,10 +364,13 @@ def render_markdown(figures: dict[str, Any], plots: dict[str, str]) -> str:
                 )
     if figures.get("drop_vs_full_titles"):
         lines += ["", f"## Lost against full titles ({figures['full_titles_report']})", "",
-                  "| system | NDCG@10 lost | Recall@10 lost |", "| --- | --- | --- |"]
+                  "| system | NDCG@10 lost | share lost | Recall@10 lost | share lost |",
+                  "| --- | --- | --- | --- | --- |"]
         drops = figures["drop_vs_full_titles"]
         for name in sorted(drops, key=lambda n: drops[n]["ndcg@10"]):
-            lines.append(f"| {name} | {drops[name]['ndcg@10']:+.4f} | {drops[name]['recall@10']:+.4f} |")
+            d = drops[name]
+            lines.append(f"| {name} | {d['ndcg@10']:.4f} | {d['ndcg@10 relative']:.1%} | "
+                         f"{d['recall@10']:.4f} | {d['recall@10 relative']:.1%} |")
     if figures.get("claims"):
         lines += ["", "## Claims, checked against the figures", ""]
         for claim in figures["claims"]:
