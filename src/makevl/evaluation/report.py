@@ -349,7 +349,7 @@ def render_markdown(figures: dict[str, Any], plots: dict[str, str]) -> str:
             f"| {m['recall@50']:.4f} | {_fmt(results[name], 'ndcg@10')} | {m['mrr@10']:.4f} "
             f"| {m['map@100']:.4f} |"
         )
-    if "make" in results:
+    if "make" in results and any(groups.get(n) == "ablation" for n in results):
         lines += ["", "## Ablations (change against full MAKE)", "",
                   "| ablation | what is removed | NDCG@10 | change | Recall@10 | change |",
                   "| --- | --- | --- | --- | --- | --- |"]
@@ -451,12 +451,13 @@ def write_plots(
     plots["Recall@K per system"] = "recall_at_k.png"
 
     if alpha is not None:
-        groups: dict[str, list[float]] = {}
+        image_weight: dict[str, list[float]] = {}
         for product, weights in zip(pool, alpha):
-            groups.setdefault(product.attributes.get(category or "", "all"), []).append(weights[1])
-        names = sorted(groups, key=lambda n: -len(groups[n]))[:15]
+            name = product.attributes.get(category or "", "all")
+            image_weight.setdefault(name, []).append(weights[1])
+        names = sorted(image_weight, key=lambda n: -len(image_weight[n]))[:15]
         fig, ax = plt.subplots(figsize=(8, 4.5))
-        ax.boxplot([groups[n] for n in names], showfliers=False)
+        ax.boxplot([image_weight[n] for n in names], showfliers=False)
         ax.set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right", fontsize=8)
         ax.set_ylabel("image weight (Modal Adaptation)")
         ax.set_title("How much the photo counts, per category (MAKE, test products)")
