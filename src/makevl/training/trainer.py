@@ -589,11 +589,12 @@ class Trainer:
                 train_seconds += time.perf_counter() - tick
                 speed = samples / max(train_seconds, 1e-9)
                 last_loss = running.get("loss", last_loss)
-                progress.update(1)
-                progress.set_postfix(
+                progress.set_postfix(  # drawn by update(), at most once per mininterval
                     loss="-" if last_loss is None else f"{last_loss:.4f}",
                     samples_s=f"{speed:.1f}",
+                    refresh=False,
                 )
+                progress.update(1)
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
                     self._log_metrics({"step": self.step, "epoch": self.epoch, **running,
                                        "lr": lr, "samples_per_s": speed})  # fmt: skip
