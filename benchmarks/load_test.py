@@ -32,28 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-QUERIES = [
-    "red dress",
-    "mens black tshirt",
-    "running shoes",
-    "women handbag",
-    "blue jeans",
-    "casual shirt men",
-    "analog watch",
-    "sunglasses",
-    "white sneakers",
-    "kurta for women",
-    "leather belt",
-    "sports shoes men",
-    "girls top",
-    "formal shoes",
-    "backpack",
-    "navy blue shirt",
-    "flip flops",
-    "track pants",
-    "perfume",
-    "summer dress floral",
-]
+from sample_queries import QUERIES
 
 
 def build_demo_index(folder: Path) -> Path:

@@ -34,30 +34,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from makevl.index.build import make_faiss_index
+from sample_queries import QUERIES
 
-QUERIES = [
-    "red dress",
-    "mens black tshirt",
-    "running shoes",
-    "women handbag",
-    "blue jeans",
-    "casual shirt men",
-    "analog watch",
-    "sunglasses",
-    "white sneakers",
-    "kurta for women",
-    "leather belt",
-    "sports shoes men",
-    "girls top",
-    "formal shoes",
-    "backpack",
-    "navy blue shirt",
-    "flip flops",
-    "track pants",
-    "perfume",
-    "summer dress floral",
-]
+from makevl.index.build import make_faiss_index
 
 
 def embedding_like(
