@@ -18,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="strip colour words from every title (train and test)")
     p.add_argument("--minutes-per-model", type=float, default=None,
                    help="training budget of each trained system")
-    p.add_argument("--systems", nargs="*", default=None,
-                   help="only these systems (default: all)")
+    p.add_argument("--systems", type=lambda text: [s for s in text.split(",") if s],
+                   default=None, metavar="A,B,...",
+                   help="only these systems, comma-separated (default: all)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("overrides", nargs="*", help="section.key=value applied to every system")
     p.set_defaults(func=report_command)
