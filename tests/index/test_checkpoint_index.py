@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import TINY_MODEL_OVERRIDES
 from makevl.cli import main
 from makevl.config import load_config
 from makevl.index.encoders import checkpoint_hash
@@ -27,14 +28,7 @@ def save_tiny_checkpoint(directory, catalog, seed: int):
             "data.preset=custom",
             f"data.catalog={catalog}",
             f"data.queries={catalog}",
-            "data.image_size=32",
-            "data.max_query_tokens=8",
-            "data.max_title_tokens=16",
-            "model.text_backbone=tiny",
-            "model.image_backbone=tiny",
-            "model.embed_dim=32",
-            "model.fusion_layers=1",
-            "model.fusion_heads=2",
+            *TINY_MODEL_OVERRIDES,
         ],
     )
     products, _ = read_catalog(catalog)

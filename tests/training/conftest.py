@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TINY_MODEL_OVERRIDES
 from makevl.config import RunConfig, load_config
 from makevl.data.demo import make_demo_shop
 
@@ -39,14 +40,7 @@ def make_tiny_config(catalog: Path, out_dir: Path, *overrides: str) -> RunConfig
         [
             "data.preset=demo",
             f"data.catalog={catalog}",
-            "data.image_size=32",
-            "data.max_query_tokens=8",
-            "data.max_title_tokens=16",
-            "model.text_backbone=tiny",
-            "model.image_backbone=tiny",
-            "model.embed_dim=32",
-            "model.fusion_layers=1",
-            "model.fusion_heads=2",
+            *TINY_MODEL_OVERRIDES,
             f"train.out_dir={out_dir}",
             "train.batch_size=8",
             "train.epochs=1",
