@@ -3,7 +3,7 @@
 For each catalog size: synthetic product vectors (unit vectors near a random
 32-dim subspace: neither uniform noise nor clean clusters; see embedding_like),
 indexed exactly (Flat) and approximately (HNSW32 up to 100k, IVF at 100k and
-1M) through makevl's own ``make_faiss_index`` with the Searcher's search
+1M) through makevl's own FAISS vector backend with the Searcher's search
 settings (efSearch 128, nprobe 64), plus a sweep of those settings. Reported per index: build products/s, search-only p50/p99 latency and
 queries/s for one query at a time (as the server runs them), ANN recall@10
 against exact, and end to end "text in, top-10 out" p50/p99: the query tower
@@ -27,16 +27,17 @@ import os
 import platform
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from sample_queries import QUERIES
 
-from makevl.index.build import make_faiss_index
+from makevl.index.backends import create_backend
+from makevl.index.backends import faiss as faiss_backend
 
 
 def embedding_like(
@@ -121,21 +122,21 @@ def bench_size(n: int, args, tower, texts: list[str]) -> list[dict]:
 
     plans = [("Flat", {})]
     if n <= 100_000:
-        plans.append(("HNSW32", {"efSearch": args.ef_search}))
+        plans.append(("HNSW32", {"ef_search": args.ef_search}))
     if n >= 100_000:
         nlist = 1024 if n >= 1_000_000 else 256
         plans.append((f"IVF{nlist},Flat", {"nprobe": args.nprobe}))
-    sweeps = {"efSearch": [32, 64, 256], "nprobe": [8, 16, 32, 128]}  # speed/recall trade-off
+    sweeps = {"ef_search": [32, 64, 256], "nprobe": [8, 16, 32, 128]}  # speed/recall trade-off
+    defaults = {"ef_search": args.ef_search, "nprobe": args.nprobe}
 
     rows, truth = [], None
     for factory, params in plans:
-        faiss.omp_set_num_threads(os.cpu_count() or 1)  # builds use every core
+        faiss_backend.set_threads(os.cpu_count() or 1)  # builds use every core
         start = time.perf_counter()
-        index = make_faiss_index(vectors, ids, factory)
+        index = create_backend("faiss", dim, factory=factory, exact_threshold=0, **defaults)
+        index.upsert(ids, vectors)
         build_s = time.perf_counter() - start
-        faiss.omp_set_num_threads(args.threads)  # one query per request, as the server runs them
-        for name, value in params.items():
-            faiss.ParameterSpace().set_index_parameter(index, name, value)
+        faiss_backend.set_threads(args.threads)  # one query per request, as the server runs them
         index.search(queries[:5], k)  # warm up
         times, found = time_searches(index, queries, k)
         if truth is None:
@@ -156,15 +157,15 @@ def bench_size(n: int, args, tower, texts: list[str]) -> list[dict]:
             "recall@10": recall_at_k(found, truth),
             "end_to_end": percentiles(e2e),
         }
-        for name, default in params.items():
+        for name in params:
             row["sweep"] = []
             for value in sweeps[name]:
-                faiss.ParameterSpace().set_index_parameter(index, name, value)
+                index.set_search_params(**{**defaults, name: value})
                 times, found = time_searches(index, queries, k)
                 row["sweep"].append(
                     {name: value, **percentiles(times), "recall@10": recall_at_k(found, truth)}
                 )
-            faiss.ParameterSpace().set_index_parameter(index, name, default)
+            index.set_search_params(**defaults)
         rows.append(row)
         print(format_row(row), flush=True)
         del index
@@ -229,7 +230,7 @@ def main() -> int:
         encode_times.append(time.perf_counter() - start)
     encode = percentiles(encode_times[10:])
     machine = (
-        f"{platform.machine()}, {os.cpu_count()} CPUs, faiss {faiss.__version__}, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, faiss-cpu {version('faiss-cpu')}, "
         f"{args.threads} thread(s) per query, load average {os.getloadavg()[0]:.1f}"
     )
     print(

@@ -31,8 +31,9 @@ def test_manifest_records_model_files_and_config(index_dir):
     assert manifest["model_hash"] == HashingEncoder(32).model_hash
     assert manifest["encoder"] == {"type": "hashing", "dim": 32}
     assert manifest["dim"] == 32 and manifest["count"] == len(PRODUCTS)
-    assert manifest["index_type"] == "Flat"  # below the exact threshold
-    assert set(manifest["files"]) == {"index.faiss", "vectors.npy", "products.parquet"}
+    assert manifest["backend"] == "faiss" and manifest["index_type"] == "Flat"  # small: exact
+    assert manifest["backend_options"] == {"factory": "HNSW32", "exact_threshold": 50_000}
+    assert set(manifest["files"]) == {"index.faiss", "vectors.npy", "ids.npy", "products.parquet"}
     assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
     assert manifest["created"]
 
@@ -188,7 +189,7 @@ def test_ivf_update_is_in_place_not_retrained(tmp_path, catalog):
 
     def centroids():
         searcher = Searcher(index)  # keeps the index alive while we read it
-        ivf = faiss.extract_index_ivf(searcher.index)
+        ivf = faiss.extract_index_ivf(searcher.backend.index)
         return ivf.quantizer.reconstruct_n(0, ivf.nlist)
 
     before = centroids()

@@ -74,8 +74,8 @@ def test_checkpoint_index_end_to_end(tmp_path, catalog, capsys, one_thread):
     searcher = Searcher(out)  # loads the checkpoint the manifest names
     hits = searcher.search(["red t-shirt", "leather handbag"], k=5)
     assert [len(h) for h in hits] == [5, 5]
-    alpha = np.array([[h.alpha_title, h.alpha_image, h.alpha_fused] for h in hits[0]])
-    np.testing.assert_allclose(alpha.sum(axis=1), 1.0, atol=1e-4)
+    weights = np.array([list(h.modality_weights.values()) for h in hits[0]])
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-4)
     # The stored product vectors are what the model gives for the catalog.
     from makevl.data.catalog import iter_catalog
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from index.index_testing import PRODUCTS
+from makevl.files import file_sha256
 from makevl.index import encoders
 from makevl.index.encoders import HashingEncoder
 from makevl.index.search import Searcher
@@ -14,7 +15,8 @@ def test_hits_carry_what_a_result_shows(index_dir, catalog):
     assert hit.title == "Red cotton t-shirt for men"
     assert hit.image == str((catalog.parent / "images" / "p1.png").resolve())
     assert hit.attributes == {"category": "tshirt"}
-    assert hit.alpha_title + hit.alpha_image + hit.alpha_fused == pytest.approx(1.0, abs=1e-5)
+    assert list(hit.modality_weights) == ["title", "image", "fused"]
+    assert sum(hit.modality_weights.values()) == pytest.approx(1.0, abs=1e-5)
     assert 0 < hit.score <= 1.0 + 1e-6
 
 
@@ -64,7 +66,7 @@ def test_checkpoint_with_other_weights_is_refused(index_dir, monkeypatch, tmp_pa
     weights.parent.mkdir()
     weights.write_bytes(b"other weights")
     other_hash = encoders.checkpoint_hash(weights.parent)
-    assert other_hash == encoders.file_sha256(weights) and len(other_hash) == 64
+    assert other_hash == file_sha256(weights) and len(other_hash) == 64
 
     def fake_load(path):
         return (
@@ -97,7 +99,7 @@ def test_hnsw_search_parameters_are_applied(tmp_path, catalog):
     import faiss
 
     searcher = Searcher(tmp_path / "hnsw", ef_search=77)
-    hnsw = faiss.downcast_index(faiss.downcast_index(searcher.index).index)
+    hnsw = faiss.downcast_index(faiss.downcast_index(searcher.backend.index).index)
     assert hnsw.hnsw.efSearch == 77
     assert read_manifest(tmp_path / "hnsw")["index_type"] == "HNSW32"
 

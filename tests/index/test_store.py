@@ -7,12 +7,13 @@ import textwrap
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 
 from index.index_testing import PRODUCTS, build
 from makevl.data.catalog import iter_catalog
+from makevl.files import file_sha256
+from makevl.index.backends import create_backend
 from makevl.index.build import update_index
 from makevl.index.encoders import HashingEncoder
 from makevl.index.search import Searcher
@@ -20,7 +21,6 @@ from makevl.index.store import (
     IndexFileError,
     IndexStoreError,
     load_stored,
-    read_faiss,
     read_manifest,
     versions_dir,
 )
@@ -35,7 +35,7 @@ def test_index_dir_is_a_link_to_one_version(index_dir):
     assert versions == [index_dir.resolve()]  # the old version is gone
 
 
-@pytest.mark.parametrize("name", ["index.faiss", "vectors.npy", "products.parquet"])
+@pytest.mark.parametrize("name", ["index.faiss", "vectors.npy", "ids.npy", "products.parquet"])
 def test_corrupt_file_is_named(index_dir, name):
     path = index_dir / name
     data = bytearray(path.read_bytes())
@@ -182,30 +182,47 @@ def test_second_writer_is_refused(index_dir):
 @pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF2,Flat"])
 def test_memory_mapped_load_matches_plain_load(tmp_path, catalog, factory):
     build(tmp_path / "index", catalog, factory=factory, exact_threshold=0)
-    path = tmp_path / "index" / "index.faiss"
-    mapped, plain = read_faiss(path, mmap=True), read_faiss(path, mmap=False)
+    mapped = load_stored(tmp_path / "index", mmap=True).backend
+    plain = load_stored(tmp_path / "index", mmap=False).backend
     queries = HashingEncoder(32).encode_queries(["red t-shirt", "shoes"])
     np.testing.assert_array_equal(mapped.search(queries, 5)[1], plain.search(queries, 5)[1])
 
 
-def test_unreadable_faiss_file_is_named(tmp_path):
-    bad = tmp_path / "index.faiss"
-    bad.write_bytes(b"not a faiss index")
-    with pytest.raises(IndexFileError, match="index.faiss: not a readable FAISS index"):
-        read_faiss(bad, mmap=True)
+def _rewrite_manifest(version, change) -> None:
+    manifest = json.loads((version / "manifest.json").read_text())
+    change(manifest)
+    (version / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_row_count_mismatch_is_reported(index_dir):
     """A consistent-looking manifest over files from two different builds is caught."""
-    stored = load_stored(index_dir)
-    smaller = faiss.IndexIDMap2(faiss.IndexFlatIP(32))
     version = index_dir.resolve()
-    faiss.write_index(smaller, str(version / "index.faiss"))
-    manifest = json.loads((version / "manifest.json").read_text())
-    from makevl.index.encoders import file_sha256
+    names = create_backend("faiss", 32).save(version)
 
-    manifest["files"]["index.faiss"]["sha256"] = file_sha256(version / "index.faiss")
-    (version / "manifest.json").write_text(json.dumps(manifest))
-    assert stored.table.num_rows == len(PRODUCTS)
-    with pytest.raises(IndexFileError, match="has 0 vectors.*12 rows"):
+    def checksums(manifest):
+        for name in names:
+            manifest["files"][name]["sha256"] = file_sha256(version / name)
+
+    _rewrite_manifest(version, checksums)
+    with pytest.raises(IndexFileError, match="faiss index has 0 vectors.*12 rows"):
+        Searcher(index_dir)
+
+
+def test_manifest_without_backend_loads_as_faiss(index_dir):
+    def drop_backend(manifest):
+        del manifest["backend"]
+
+    _rewrite_manifest(index_dir.resolve(), drop_backend)
+    assert Searcher(index_dir).search(["red t-shirt"], k=1)[0][0].id == "p1"
+
+
+def test_unknown_backend_is_named(index_dir):
+    _rewrite_manifest(index_dir.resolve(), lambda manifest: manifest.update(backend="nosuch"))
+    with pytest.raises(ValueError, match="unknown vector backend 'nosuch'"):
+        Searcher(index_dir)
+
+
+def test_index_of_an_older_format_is_refused(index_dir):
+    _rewrite_manifest(index_dir.resolve(), lambda manifest: manifest.update(format=1))
+    with pytest.raises(IndexStoreError, match="index format 1, this makevl reads 2; rebuild"):
         Searcher(index_dir)

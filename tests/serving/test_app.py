@@ -23,7 +23,7 @@ def test_search(client):
     first = body["results"][0]
     assert first["id"] == "p1" and first["title"] == "Red cotton t-shirt for men"
     assert first["image_url"] == "/products/p1/image"
-    assert sum(first["weights"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert sum(first["modality_weights"].values()) == pytest.approx(1.0, abs=1e-5)
     assert first["attributes"] == {"category": "tshirt"}
     assert len(body["results"]) == 3
 

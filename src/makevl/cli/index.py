@@ -128,7 +128,8 @@ def _fail(exc: Exception) -> int:
 
 
 def build_command(args: argparse.Namespace) -> int:
-    from makevl.index.build import DEFAULT_EXACT_THRESHOLD, DEFAULT_FACTORY, build_index
+    from makevl.index.backends.faiss import DEFAULT_EXACT_THRESHOLD, DEFAULT_FACTORY
+    from makevl.index.build import build_index
     from makevl.index.encoders import HashingEncoder, load_checkpoint_encoder
 
     try:

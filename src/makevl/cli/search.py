@@ -56,7 +56,7 @@ def search_command(args: argparse.Namespace) -> int:
         table.add_column("title")
         table.add_column("title/image/fused", justify="right")
         for rank, hit in enumerate(hits, 1):
-            weights = f"{hit.alpha_title:.2f}/{hit.alpha_image:.2f}/{hit.alpha_fused:.2f}"
+            weights = "/".join(f"{w:.2f}" for w in hit.modality_weights.values())
             table.add_row(str(rank), f"{hit.score:.3f}", hit.id, hit.title, weights)
         console.print(table)
     return 0

@@ -2,14 +2,11 @@
 
 Products are encoded in chunks as they stream in (a tqdm bar shows progress),
 their display fields go to Parquet chunk by chunk, and the vectors go into a
-FAISS index at the end: exact inner product (``Flat``) below
-``exact_threshold`` products, else the FAISS ``factory`` string (HNSW32 by
-default; IVF variants are trained on a sample). Every row that is not indexed
-is reported with its reason.
+vector backend at the end (FAISS by default; see :mod:`makevl.index.backends`).
+Every row that is not indexed is reported with its reason.
 
-Updates (:func:`update_index`) encode only the new products. FAISS removes
-and adds ids in place where the index type can (Flat, IVF); HNSW cannot remove,
-so its graph is rebuilt from the stored vectors. Either way the result is
+Updates (:func:`update_index`) encode only the new products and hand the
+backend the ids to delete and the vectors to add. Either way the result is
 written as a new version and swapped in atomically (see :mod:`makevl.index.store`).
 """
 
@@ -24,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,6 +28,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from makevl.data.catalog import Product, RowError
+from makevl.index.backends import DEFAULT_BACKEND, create_backend
 from makevl.index.encoders import Encoder, encoder_from_spec
 from makevl.index.store import (
     FORMAT_VERSION,
@@ -39,17 +36,13 @@ from makevl.index.store import (
     PRODUCTS_FILE,
     IndexStoreError,
     ModelMismatchError,
+    check_model,
     check_replaceable,
     load_stored,
-    load_vectors,
     new_version,
     write_version,
     writer_lock,
 )
-
-DEFAULT_FACTORY = "HNSW32"
-DEFAULT_EXACT_THRESHOLD = 50_000
-TRAIN_SAMPLE = 100_000  # vectors used to train IVF / PQ quantizers
 
 
 @dataclass
@@ -77,59 +70,20 @@ class BuildReport:
         return "\n".join(lines)
 
 
-def index_type_for(count: int, factory: str, exact_threshold: int) -> str:
-    return "Flat" if count < exact_threshold else factory
-
-
-def new_faiss_base(factory: str, dim: int) -> faiss.Index:
-    try:
-        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"FAISS factory string {factory!r} does not work for dim {dim}: "
-            f"{str(exc).strip().splitlines()[-1]}"
-        ) from exc
-
-
-def make_faiss_index(
-    vectors: np.ndarray, faiss_ids: np.ndarray, index_type: str, seed: int = 0
-) -> faiss.Index:
-    """A ``index_type`` index (inner product) holding our ids, trained and filled.
-
-    Flat and HNSW are wrapped in ``IndexIDMap2``; IVF indexes store ids in their
-    inverted lists themselves (an IDMap over IVF breaks on ``remove_ids``).
-    """
-    base = new_faiss_base(index_type, vectors.shape[1])
-    index = base if faiss.try_extract_index_ivf(base) is not None else faiss.IndexIDMap2(base)
-    if not index.is_trained:
-        rng = np.random.default_rng(seed)
-        rows = np.sort(rng.choice(len(vectors), min(len(vectors), TRAIN_SAMPLE), replace=False))
-        try:
-            index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
-        except RuntimeError as exc:
-            raise IndexStoreError(
-                f"cannot train {index_type!r} on {len(rows)} vectors "
-                f"({str(exc).strip().splitlines()[-1]}); use fewer IVF lists or a higher "
-                "exact threshold"
-            ) from exc
-    if len(vectors):
-        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), faiss_ids)
-    return index
-
-
-def product_table(products: list[Product], alpha: np.ndarray, faiss_ids: np.ndarray) -> pa.Table:
+def product_table(
+    products: list[Product], modality_weights: np.ndarray, vector_ids: np.ndarray
+) -> pa.Table:
     """The display rows of encoded products (see :data:`PRODUCT_SCHEMA`)."""
+    weights = pa.array(np.asarray(modality_weights, dtype=np.float32).reshape(-1))
     columns = {
-        "faiss_id": faiss_ids.astype(np.int64),
+        "vector_id": vector_ids.astype(np.int64),
         "id": [p.id for p in products],
         "title": [p.title for p in products],
         "image_path": [p.image if isinstance(p.image, str) else None for p in products],
         "image_bytes": [bytes(p.image) if isinstance(p.image, bytes) else None for p in products],
         "image_embedded": [isinstance(p.image, bytes) for p in products],
         "attributes": [json.dumps(p.attributes, ensure_ascii=False) for p in products],
-        "alpha_title": alpha[:, 0],
-        "alpha_image": alpha[:, 1],
-        "alpha_fused": alpha[:, 2],
+        "modality_weights": pa.FixedSizeListArray.from_arrays(weights, 3),
     }
     return pa.table(columns, schema=PRODUCT_SCHEMA)
 
@@ -142,16 +96,16 @@ def _encode_chunk(
     def on_error(product: Product, exc: Exception) -> None:
         problems[product.id] = f"{product.where}: product {product.id!r}: {exc}"
 
-    vectors, alpha, ids = encoder.encode_products(chunk, batch_size=batch_size, on_error=on_error)
+    vectors, weights, ids = encoder.encode_products(chunk, batch_size=batch_size, on_error=on_error)
     vectors = np.asarray(vectors, dtype=np.float32)
-    alpha = np.asarray(alpha, dtype=np.float32).reshape(len(ids), 3)
+    weights = np.asarray(weights, dtype=np.float32).reshape(len(ids), 3)
     by_id = {p.id: p for p in chunk}
     returned = set(ids)
     for product in chunk:  # the encoder left these out
         if product.id not in returned:
             reason = f"{product.where}: product {product.id!r} not encoded"
             report.skipped.append(problems.get(product.id, reason))
-    finite = np.isfinite(vectors).all(axis=1) & np.isfinite(alpha).all(axis=1)
+    finite = np.isfinite(vectors).all(axis=1) & np.isfinite(weights).all(axis=1)
     for row in np.flatnonzero(~finite):
         product = by_id[ids[row]]
         report.skipped.append(f"{product.where}: product {product.id!r} got a non-finite vector")
@@ -159,7 +113,7 @@ def _encode_chunk(
     for product in products:  # indexed, but the encoder had to work around something
         if product.id in problems:
             report.warnings.append(problems[product.id])
-    return products, vectors[finite], alpha[finite]
+    return products, vectors[finite], weights[finite]
 
 
 def encode_stream(
@@ -169,7 +123,7 @@ def encode_stream(
     chunk_size: int = 1024,
     batch_size: int = 64,
 ) -> Iterator[tuple[list[Product], np.ndarray, np.ndarray, int]]:
-    """Encode a catalog stream chunk by chunk: ``(products, vectors, alpha, rows_read)``.
+    """Encode a catalog stream chunk by chunk: ``(products, vectors, modality_weights, rows)``.
 
     Unreadable rows, repeated ids (the first is kept) and products the encoder
     rejects go to ``report.skipped``; products indexed despite a problem the
@@ -210,17 +164,19 @@ def build_index(
     model_hash: str,
     config: dict[str, Any] | None = None,
     columns: dict[str, Any] | None = None,
-    factory: str = DEFAULT_FACTORY,
-    exact_threshold: int = DEFAULT_EXACT_THRESHOLD,
+    backend_name: str = DEFAULT_BACKEND,
     chunk_size: int = 1024,
     batch_size: int = 64,
     total: int | None = None,
     progress: bool = True,
+    **backend_options: Any,
 ) -> BuildReport:
     """Encode a catalog and write a new index at ``index_dir`` (replacing one there atomically).
 
     ``config`` (the model's run config) and ``columns`` (the catalog column
-    mapping, reused by later updates) are recorded in the manifest.
+    mapping, reused by later updates) are recorded in the manifest;
+    ``backend_options`` go to the vector backend (FAISS: ``factory``,
+    ``exact_threshold``).
     """
     start = time.perf_counter()
     index_dir = Path(index_dir)
@@ -228,30 +184,28 @@ def build_index(
     check_replaceable(index_dir)
     with writer_lock(index_dir):
         version = new_version(index_dir)
-        writer, vector_chunks, next_id = None, [], 0
+        writer, backend, chunks, next_id = None, None, [], 0
         try:
             with tqdm(total=total, unit="product", desc="encoding", disable=not progress) as bar:
-                for products, vectors, alpha, read in encode_stream(
+                for products, chunk_vectors, weights, read in encode_stream(
                     catalog, encoder, report, chunk_size, batch_size
                 ):
                     bar.update(read)
                     if not products:
                         continue
-                    if writer is None:  # fail on a bad factory string before encoding it all
-                        new_faiss_base(factory, vectors.shape[1])
+                    if writer is None:  # fail on bad backend options before encoding it all
+                        dim = chunk_vectors.shape[1]
+                        backend = create_backend(backend_name, dim, **backend_options)
                         writer = pq.ParquetWriter(version / PRODUCTS_FILE, PRODUCT_SCHEMA)
                     ids = np.arange(next_id, next_id + len(products), dtype=np.int64)
                     next_id += len(products)
-                    writer.write_table(product_table(products, alpha, ids), row_group_size=1024)
-                    vector_chunks.append(vectors)
+                    writer.write_table(product_table(products, weights, ids), row_group_size=1024)
+                    chunks.append(chunk_vectors)
             if writer is None:
                 raise _no_products(report.skipped)
             writer.close()
-            vectors = np.concatenate(vector_chunks)
-            report.index_type = index_type_for(len(vectors), factory, exact_threshold)
-            index = make_faiss_index(
-                vectors, np.arange(len(vectors), dtype=np.int64), report.index_type
-            )
+            # One upsert of everything: an ANN index is trained on the whole catalog.
+            backend.upsert(np.arange(next_id, dtype=np.int64), np.concatenate(chunks))
             now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             manifest = {
                 "format": FORMAT_VERSION,
@@ -259,38 +213,21 @@ def build_index(
                 "encoder": encoder_spec,
                 "config": config,
                 "columns": columns,
-                "dim": int(vectors.shape[1]),
-                "count": len(vectors),
                 "next_id": next_id,
                 "metric": "inner_product",
-                "factory": factory,
-                "exact_threshold": exact_threshold,
-                "index_type": report.index_type,
                 "created": now,
                 "updated": now,
             }
-            write_version(index_dir, version, manifest, index, vectors)
+            write_version(index_dir, version, manifest, backend)
         except BaseException:
             if writer is not None:
                 writer.close()
             shutil.rmtree(version, ignore_errors=True)
             raise
-    report.count = report.added = len(vectors)
+    report.count = report.added = backend.count
+    report.index_type = backend.index_type
     report.seconds = time.perf_counter() - start
     return report
-
-
-def check_model(manifest: dict[str, Any], model_hash: str | None, index_dir: Path) -> None:
-    """Refuse to mix vectors of two models in one index or one search."""
-    if model_hash is None or model_hash == manifest["model_hash"]:
-        return
-    built_with = manifest["encoder"].get("path", manifest["encoder"].get("type"))
-    raise ModelMismatchError(
-        f"{index_dir} was built with model {manifest['model_hash'][:16]} ({built_with}), but the "
-        f"queries would be encoded by model {model_hash[:16]}; its vectors are not comparable. "
-        "Rebuild the index with this checkpoint (`makevl index build`) or use the checkpoint "
-        "that built it."
-    )
 
 
 def update_index(
@@ -329,48 +266,33 @@ def update_index(
 
         version = new_version(index_dir)
         try:
-            products, vectors_new, alpha_new = _encode_new(
+            products, vectors_new, weights_new = _encode_new(
                 add, manifest, encoder, model_hash, report, chunk_size, batch_size, progress
             )
             remove = set(delete) | {p.id for p in products if p.id in old_ids}
             keep = pc.invert(
                 pc.is_in(table.column("id"), value_set=pa.array(sorted(remove), pa.string()))
             )
-            keep_np = keep.to_numpy(zero_copy_only=False)
-            removed_faiss = table.column("faiss_id").to_numpy()[~keep_np]
+            removed_ids = table.filter(pc.invert(keep)).column("vector_id").to_numpy()
             next_id = manifest["next_id"]
-            added_faiss = np.arange(next_id, next_id + len(products), dtype=np.int64)
+            added_ids = np.arange(next_id, next_id + len(products), dtype=np.int64)
             new_table = pa.concat_tables(
-                [table.filter(keep), product_table(products, alpha_new, added_faiss)]
+                [table.filter(keep), product_table(products, weights_new, added_ids)]
             )
-            vectors = np.concatenate([load_vectors(stored)[keep_np], vectors_new])
-            all_faiss = new_table.column("faiss_id").to_numpy()
-
-            index_type = index_type_for(
-                len(vectors), manifest["factory"], manifest["exact_threshold"]
-            )
-            index = stored.faiss_index
-            in_place = index_type == manifest["index_type"] and _update_in_place(
-                index, removed_faiss, vectors_new, added_faiss
-            )
-            if not in_place or index.ntotal != len(vectors):
-                # The type changed with the size, or HNSW cannot remove ids: rebuild from
-                # the stored vectors (no re-encoding).
-                index = make_faiss_index(vectors, all_faiss, index_type)
-
+            backend = stored.backend
+            backend.delete(removed_ids)
+            backend.upsert(added_ids, vectors_new)
             manifest.update(
-                count=len(vectors),
                 next_id=int(next_id + len(products)),
-                index_type=index_type,
                 updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             )
-            write_version(index_dir, version, manifest, index, vectors, new_table)
+            write_version(index_dir, version, manifest, backend, new_table)
         except BaseException:
             shutil.rmtree(version, ignore_errors=True)
             raise
-    report.count, report.index_type = len(vectors), index_type
+    report.count, report.index_type = backend.count, backend.index_type
     report.added = len(products)
-    report.removed = len(removed_faiss)
+    report.removed = len(removed_ids)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -387,18 +309,19 @@ def _encode_new(
 ) -> tuple[list[Product], np.ndarray, np.ndarray]:
     """Encode the products to add, with the index's own model unless ``encoder`` is given."""
     dim = manifest["dim"]
-    products, vectors, alphas = [], [np.zeros((0, dim), np.float32)], [np.zeros((0, 3), np.float32)]
+    products: list[Product] = []
+    vectors, weights = [np.zeros((0, dim), np.float32)], [np.zeros((0, 3), np.float32)]
     items = iter(items)
     first = next(items, None)
     if first is None:  # nothing to add: no need to load a model
-        return products, vectors[0], alphas[0]
+        return products, vectors[0], weights[0]
     if encoder is None:
         encoder, model_hash = encoder_from_spec(manifest["encoder"])
     else:
         model_hash = model_hash or getattr(encoder, "model_hash", None)
     check_model(manifest, model_hash, report.index_dir)
     with tqdm(unit="product", desc="encoding", disable=not progress) as bar:
-        for chunk, chunk_vectors, chunk_alpha, read in encode_stream(
+        for chunk, chunk_vectors, chunk_weights, read in encode_stream(
             itertools.chain([first], items), encoder, report, chunk_size, batch_size
         ):
             bar.update(read)
@@ -409,19 +332,5 @@ def _encode_new(
                 )
             products += chunk
             vectors.append(chunk_vectors)
-            alphas.append(chunk_alpha)
-    return products, np.concatenate(vectors), np.concatenate(alphas)
-
-
-def _update_in_place(
-    index: faiss.Index, remove: np.ndarray, vectors: np.ndarray, ids: np.ndarray
-) -> bool:
-    """FAISS remove_ids + add_with_ids; False if the index type cannot remove (HNSW)."""
-    if len(remove):
-        try:
-            index.remove_ids(np.ascontiguousarray(remove, dtype=np.int64))
-        except RuntimeError:
-            return False
-    if len(vectors):
-        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
-    return True
+            weights.append(chunk_weights)
+    return products, np.concatenate(vectors), np.concatenate(weights)

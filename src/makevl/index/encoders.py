@@ -21,6 +21,7 @@ import numpy as np
 
 from makevl.data.catalog import Product
 from makevl.data.text import words
+from makevl.files import file_sha256
 
 OnError = Callable[[Product, Exception], None]
 
@@ -33,21 +34,13 @@ class Encoder(Protocol):
     def encode_products(
         self, products: Iterable[Product], batch_size: int = 64, on_error: OnError | None = None
     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """``(vectors [N, d], alpha [N, 3] over (title, image, fused), ids)``; failed products are
-        passed to ``on_error`` and left out."""
+        """``(vectors [N, d], modality_weights [N, 3] over (title, image, fused), ids)``; failed
+        products are passed to ``on_error`` and left out."""
         ...
 
 
 class EncoderSpecError(ValueError):
     """A manifest names an encoder this code cannot rebuild."""
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class HashingEncoder:
@@ -90,7 +83,7 @@ class HashingEncoder:
     def encode_products(
         self, products: Iterable[Product], batch_size: int = 64, on_error: OnError | None = None
     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        vectors, alphas, ids = [], [], []
+        vectors, weights, ids = [], [], []
         for product in products:
             if not product.title.strip():
                 error = ValueError("empty title")
@@ -103,11 +96,11 @@ class HashingEncoder:
             logits = np.array(
                 [len(words(product.title)) / 4.0, 1.0 if product.image else -4.0, 0.5]
             )
-            alphas.append(np.exp(logits) / np.exp(logits).sum())
+            weights.append(np.exp(logits) / np.exp(logits).sum())
             ids.append(product.id)
         if not ids:
             return np.zeros((0, self.dim), np.float32), np.zeros((0, 3), np.float32), []
-        return np.stack(vectors), np.asarray(alphas, dtype=np.float32), ids
+        return np.stack(vectors), np.asarray(weights, dtype=np.float32), ids
 
 
 def checkpoint_hash(checkpoint: str | Path) -> str:

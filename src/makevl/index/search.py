@@ -8,13 +8,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
-from makevl.index.build import check_model
 from makevl.index.encoders import Encoder, encoder_from_spec, load_checkpoint_encoder
-from makevl.index.store import PRODUCTS_FILE, IndexFileError, ModelMismatchError, load_stored
+from makevl.index.store import (
+    MODALITIES,
+    PRODUCTS_FILE,
+    IndexFileError,
+    ModelMismatchError,
+    check_model,
+    load_stored,
+)
 
 
 @dataclass
@@ -25,9 +30,7 @@ class Hit:
     score: float
     title: str
     image: str | None  # absolute catalog path, "embedded" when the index holds the bytes, or None
-    alpha_title: float
-    alpha_image: float
-    alpha_fused: float
+    modality_weights: dict[str, float]  # Modal Adaptation: weight of the title, image, fused
     attributes: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -35,12 +38,13 @@ class Hit:
 
 
 class Searcher:
-    """Loads an index (memory-mapped where FAISS can) and the model that built it.
+    """Loads an index (memory-mapped where its backend can) and the model that built it.
 
     ``encoder`` overrides the one the manifest names; its ``model_hash``
     attribute (or ``model_hash=``) must match the index. ``checkpoint`` searches
     with another checkpoint, which must hold the same weights.
-    ``ef_search`` / ``nprobe`` trade speed for recall on HNSW / IVF indexes.
+    ``ef_search`` / ``nprobe`` trade speed for recall on HNSW / IVF indexes
+    (passed to the vector backend).
     """
 
     def __init__(
@@ -56,7 +60,9 @@ class Searcher:
         nprobe: int = 64,
     ) -> None:
         self.index_dir = Path(index_dir)
-        stored = load_stored(self.index_dir, mmap=mmap, verify=verify)
+        stored = load_stored(
+            self.index_dir, mmap=mmap, verify=verify, ef_search=ef_search, nprobe=nprobe
+        )
         self.path, self.manifest = stored.path, stored.manifest
         if encoder is None and checkpoint is not None:
             encoder, _spec, model_hash, _cfg = load_checkpoint_encoder(checkpoint)
@@ -68,26 +74,19 @@ class Searcher:
         self.encoder = encoder
         self.model_hash = self.manifest["model_hash"]
 
-        self.index = stored.faiss_index
-        index_type = self.manifest.get("index_type", "Flat")
-        if "HNSW" in index_type:
-            faiss.ParameterSpace().set_index_parameter(self.index, "efSearch", ef_search)
-        if "IVF" in index_type:
-            faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", nprobe)
-
+        self.backend = stored.backend
         table = stored.table
         self.ids: list[str] = table.column("id").to_pylist()
         self.row_of_id = {pid: row for row, pid in enumerate(self.ids)}
-        faiss_ids = table.column("faiss_id").to_numpy()
-        self.row_of_faiss = np.full(int(faiss_ids.max(initial=-1)) + 1, -1, dtype=np.int64)
-        self.row_of_faiss[faiss_ids] = np.arange(len(faiss_ids))
+        vector_ids = table.column("vector_id").to_numpy()
+        self.row_of_vector = np.full(int(vector_ids.max(initial=-1)) + 1, -1, dtype=np.int64)
+        self.row_of_vector[vector_ids] = np.arange(len(vector_ids))
         self.titles = table.column("title").combine_chunks()
         self.image_paths = table.column("image_path").combine_chunks()
         self.embedded = table.column("image_embedded").to_numpy(zero_copy_only=False)
         self.attributes = table.column("attributes").combine_chunks()
-        self.alpha = np.stack(
-            [table.column(f"alpha_{m}").to_numpy() for m in ("title", "image", "fused")], axis=1
-        )
+        weights = table.column("modality_weights").combine_chunks().flatten()
+        self.modality_weights = weights.to_numpy().reshape(-1, len(MODALITIES))
         # Embedded image bytes stay on disk; read one row group on request.
         self._parquet = pq.ParquetFile(self.path / PRODUCTS_FILE)
         self._parquet_lock = threading.Lock()
@@ -113,9 +112,7 @@ class Searcher:
             score=score,
             title=self.titles[row].as_py(),
             image=path if path is not None else ("embedded" if self.embedded[row] else None),
-            alpha_title=float(self.alpha[row, 0]),
-            alpha_image=float(self.alpha[row, 1]),
-            alpha_fused=float(self.alpha[row, 2]),
+            modality_weights=dict(zip(MODALITIES, self.modality_weights[row].tolist())),
             attributes=json.loads(self.attributes[row].as_py() or "{}"),
         )
 
@@ -131,14 +128,14 @@ class Searcher:
                 f"{self.index_dir}: index vectors have dim {self.dim}, the query encoder gives "
                 f"shape {vectors.shape}"
             )
-        scores, faiss_ids = self.index.search(vectors, min(k, len(self)))
+        scores, vector_ids = self.backend.search(vectors, min(k, len(self)))
         results = []
-        for score_row, id_row in zip(scores, faiss_ids):
+        for score_row, id_row in zip(scores, vector_ids):
             hits = []
-            for score, fid in zip(score_row, id_row):
-                if fid < 0:  # ANN indexes may return fewer than k
+            for score, vid in zip(score_row, id_row):
+                if vid < 0:  # ANN indexes may return fewer than k
                     continue
-                hits.append(self._hit(int(self.row_of_faiss[fid]), float(score)))
+                hits.append(self._hit(int(self.row_of_vector[vid]), float(score)))
             results.append(hits)
         return results
 

@@ -2,12 +2,11 @@
 
 An index directory holds
 
-- ``index.faiss``       the FAISS index (an ``IndexIDMap2``; ids are ``faiss_id`` below)
-- ``vectors.npy``       the product vectors, row-aligned with the table, so an update
-                        never re-encodes old products and any index type can be rebuilt
+- the vector backend's files (FAISS: ``index.faiss``, ``vectors.npy``, ``ids.npy``;
+  see :mod:`makevl.index.backends`), holding one vector per ``vector_id`` below
 - ``products.parquet``  one row per product: what a search result shows
-- ``manifest.json``     model hash, encoder, config, dim, count, factory, times and the
-                        SHA-256 of every file above; written last
+- ``manifest.json``     model hash, encoder, config, dim, count, backend and its
+                        options, times and the SHA-256 of every file above; written last
 
 ``DIR`` is a symlink to a version directory ``DIR.versions/<stamp>``. A build or
 an update writes a new version next to the current one and swaps the symlink
@@ -29,47 +28,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faiss
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from makevl.index.encoders import file_sha256
+from makevl.files import file_sha256, fsync, fsync_tree, swap_into_place
+from makevl.index.backends import DEFAULT_BACKEND, VectorBackend, load_backend
+from makevl.index.errors import IndexFileError, IndexStoreError, ModelMismatchError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: vector backends, modality_weights
 MANIFEST = "manifest.json"
-INDEX_FILE = "index.faiss"
-VECTORS_FILE = "vectors.npy"
 PRODUCTS_FILE = "products.parquet"
+MODALITIES = ("title", "image", "fused")  # the order of the modality_weights column
 
 PRODUCT_SCHEMA = pa.schema(
     [
-        ("faiss_id", pa.int64()),
+        ("vector_id", pa.int64()),  # the product's id in the vector backend
         ("id", pa.string()),
         ("title", pa.string()),
         ("image_path", pa.string()),  # absolute path of a catalog image, or null
         ("image_bytes", pa.large_binary()),  # the image itself when the catalog held bytes
         ("image_embedded", pa.bool_()),  # image_bytes is set (so readers need not load it)
         ("attributes", pa.string()),  # JSON object
-        ("alpha_title", pa.float32()),
-        ("alpha_image", pa.float32()),
-        ("alpha_fused", pa.float32()),
+        # Modal Adaptation: how much the title, image and fused vectors counted
+        ("modality_weights", pa.list_(pa.float32(), len(MODALITIES))),
     ]
 )
 # What a search needs in memory; image bytes are read from disk on request.
 DISPLAY_COLUMNS = [name for name in PRODUCT_SCHEMA.names if name != "image_bytes"]
-
-
-class IndexStoreError(RuntimeError):
-    """An index that cannot be used as it is; the message names the file and the fix."""
-
-
-class IndexFileError(IndexStoreError):
-    """A file of an index that is missing or corrupt."""
-
-
-class ModelMismatchError(IndexStoreError):
-    """Queries would be encoded by a different model than the one that built the index."""
 
 
 def versions_dir(index_dir: Path) -> Path:
@@ -96,14 +81,6 @@ def new_version(index_dir: Path) -> Path:
     return path
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def check_replaceable(index_dir: Path) -> None:
     """Refuse to replace a file or a folder of other things with an index."""
     if index_dir.is_symlink() or not index_dir.exists():
@@ -117,20 +94,15 @@ def check_replaceable(index_dir: Path) -> None:
 
 def publish(index_dir: Path, version: Path) -> None:
     """Point ``index_dir`` at ``version`` in one atomic rename; drop the older versions."""
-    for path in version.iterdir():
-        _fsync(path)
-    _fsync(version)
+    fsync_tree(version)
     check_replaceable(index_dir)
     link = index_dir.with_name(f".{index_dir.name}.link-{uuid.uuid4().hex[:8]}")
     os.symlink(os.path.relpath(version, index_dir.parent), link)
     if index_dir.is_symlink() or not index_dir.exists():
         os.replace(link, index_dir)  # atomic: readers see the old or the new index
+        fsync(index_dir.parent)
     else:  # a plain directory (an index copied with cp -L): move it aside, then swap
-        backup = index_dir.with_name(f".{index_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(index_dir, backup)
-        os.replace(link, index_dir)
-        shutil.rmtree(backup)
-    _fsync(index_dir.parent)
+        swap_into_place(link, index_dir)
     for old in versions_dir(index_dir).iterdir():  # previous and interrupted versions
         if old.is_dir() and old != version:
             shutil.rmtree(old, ignore_errors=True)
@@ -140,20 +112,25 @@ def write_version(
     index_dir: Path,
     version: Path,
     manifest: dict[str, Any],
-    index: faiss.Index,
-    vectors: np.ndarray,
+    backend: VectorBackend,
     table: pa.Table | None = None,
 ) -> dict[str, Any]:
     """Write the index files into ``version`` (the table may already be there), checksum
     them, write the manifest last and publish. Returns the manifest written."""
     if table is not None:
         pq.write_table(table, version / PRODUCTS_FILE, row_group_size=1024)
-    faiss.write_index(index, str(version / INDEX_FILE))
-    np.save(version / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32))
-    manifest = dict(manifest)
-    manifest["files"] = {
-        name: {"sha256": file_sha256(version / name), "bytes": (version / name).stat().st_size}
-        for name in (INDEX_FILE, VECTORS_FILE, PRODUCTS_FILE)
+    names = [*backend.save(version), PRODUCTS_FILE]
+    manifest = {
+        **manifest,
+        "dim": backend.dim,
+        "count": backend.count,
+        "backend": backend.name,
+        "backend_options": backend.options,
+        "index_type": backend.index_type,
+        "files": {
+            name: {"sha256": file_sha256(version / name), "bytes": (version / name).stat().st_size}
+            for name in names
+        },
     }
     (version / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     publish(index_dir, version)
@@ -177,7 +154,8 @@ def read_manifest(index_dir: str | Path) -> dict[str, Any]:
         raise IndexFileError(f"{path}: corrupt manifest, missing {missing}; rebuild the index")
     if manifest["format"] != FORMAT_VERSION:
         raise IndexStoreError(
-            f"{path}: index format {manifest['format']}, this makevl reads {FORMAT_VERSION}"
+            f"{path}: index format {manifest['format']}, this makevl reads {FORMAT_VERSION}; "
+            "rebuild the index"
         )
     return manifest
 
@@ -196,17 +174,17 @@ def verify_files(index_dir: str | Path, manifest: dict[str, Any]) -> None:
             )
 
 
-def read_faiss(path: Path, mmap: bool = True) -> faiss.Index:
-    """Read a FAISS index, memory-mapping its vectors/codes where FAISS supports it."""
-    if mmap:
-        try:
-            return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
-        except RuntimeError:
-            pass  # index types FAISS cannot map are read into memory
-    try:
-        return faiss.read_index(str(path))
-    except RuntimeError as exc:
-        raise IndexFileError(f"{path}: not a readable FAISS index: {exc}") from exc
+def check_model(manifest: dict[str, Any], model_hash: str | None, index_dir: Path) -> None:
+    """Refuse to mix vectors of two models in one index or one search."""
+    if model_hash is None or model_hash == manifest["model_hash"]:
+        return
+    built_with = manifest["encoder"].get("path", manifest["encoder"].get("type"))
+    raise ModelMismatchError(
+        f"{index_dir} was built with model {manifest['model_hash'][:16]} ({built_with}), but the "
+        f"queries would be encoded by model {model_hash[:16]}; its vectors are not comparable. "
+        "Rebuild the index with this checkpoint (`makevl index build`) or use the checkpoint "
+        "that built it."
+    )
 
 
 @dataclass
@@ -215,14 +193,22 @@ class StoredIndex:
 
     path: Path  # the resolved version directory
     manifest: dict[str, Any]
-    faiss_index: faiss.Index
+    backend: VectorBackend
     table: pa.Table
 
 
 def load_stored(
-    index_dir: str | Path, *, mmap: bool = True, verify: bool = True, all_columns: bool = False
+    index_dir: str | Path,
+    *,
+    mmap: bool = True,
+    verify: bool = True,
+    all_columns: bool = False,
+    **search_options: Any,
 ) -> StoredIndex:
-    """Load an index for reading; a missing or corrupt file raises :class:`IndexFileError`."""
+    """Load an index for reading; a missing or corrupt file raises :class:`IndexFileError`.
+
+    ``search_options`` (``ef_search``, ``nprobe``) go to the vector backend.
+    """
     index_dir = Path(index_dir)
     if not index_dir.exists():
         raise IndexFileError(f"{index_dir}: no such index directory")
@@ -230,7 +216,10 @@ def load_stored(
     manifest = read_manifest(path)
     if verify:
         verify_files(path, manifest)
-    faiss_index = read_faiss(path / INDEX_FILE, mmap=mmap)
+    name = manifest.get("backend", DEFAULT_BACKEND)
+    backend = load_backend(
+        name, path, mmap=mmap, **manifest.get("backend_options", {}), **search_options
+    )
     try:
         table = pq.read_table(
             path / PRODUCTS_FILE, columns=None if all_columns else DISPLAY_COLUMNS
@@ -239,15 +228,10 @@ def load_stored(
         raise IndexFileError(
             f"{path / PRODUCTS_FILE}: not a readable product table: {exc}"
         ) from exc
-    if faiss_index.ntotal != table.num_rows or faiss_index.d != manifest["dim"]:
+    if backend.count != table.num_rows or backend.dim != manifest["dim"]:
         raise IndexFileError(
-            f"{path}: {INDEX_FILE} has {faiss_index.ntotal} vectors of dim {faiss_index.d}, "
+            f"{path}: the {name} index has {backend.count} vectors of dim {backend.dim}, "
             f"{PRODUCTS_FILE} has {table.num_rows} rows, manifest says dim {manifest['dim']}; "
             "rebuild the index"
         )
-    return StoredIndex(path, manifest, faiss_index, table)
-
-
-def load_vectors(stored: StoredIndex) -> np.ndarray:
-    """The stored product vectors, memory-mapped (row i belongs to table row i)."""
-    return np.load(stored.path / VECTORS_FILE, mmap_mode="r")
+    return StoredIndex(path, manifest, backend, table)

@@ -63,21 +63,25 @@ class BatchSearch(BaseModel):
     k: TopK = 10
 
 
-class Weights(BaseModel):
+class ModalityWeights(BaseModel):
+    """Modal Adaptation: how much the title, image and fused vectors counted."""
+
     title: float
     image: float
     fused: float
 
 
-class Product(BaseModel):
+class ProductView(BaseModel):
+    """An indexed product as the API shows it."""
+
     id: str
     title: str
     image_url: str | None
-    weights: Weights  # Modal Adaptation: how much title, image and fused vector counted
+    modality_weights: ModalityWeights
     attributes: dict[str, str]
 
 
-class Result(Product):
+class Result(ProductView):
     score: float
 
 
@@ -99,7 +103,7 @@ def _product(hit: Hit) -> dict[str, Any]:
         "id": hit.id,
         "title": hit.title,
         "image_url": f"/products/{quote(hit.id, safe='')}/image" if hit.image else None,
-        "weights": {"title": hit.alpha_title, "image": hit.alpha_image, "fused": hit.alpha_fused},
+        "modality_weights": hit.modality_weights,
         "attributes": hit.attributes,
     }
 
@@ -207,7 +211,7 @@ def create_app(index: str | Path | Searcher, **searcher_options: Any) -> FastAPI
             media_type = "application/octet-stream"
         return FileResponse(path, media_type=media_type, headers=image_headers)
 
-    @app.get("/products/{product_id:path}", response_model=Product)
+    @app.get("/products/{product_id:path}", response_model=ProductView)
     def product(product_id: ProductId) -> dict[str, Any]:
         hit = searcher.product(product_id)
         if hit is None:

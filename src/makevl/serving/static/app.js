@@ -47,11 +47,12 @@ function card(result) {
   node.appendChild(photo);
   node.appendChild(el("h2", "product-title", result.title));
   const meta = el("div", "meta");
+  const weights = result.modality_weights;
   meta.appendChild(el("span", "score", `score ${result.score.toFixed(2)}`));
   meta.appendChild(el("span", "split",
-    `title ${percent(result.weights.title)} · image ${percent(result.weights.image)}`));
+    `title ${percent(weights.title)} · image ${percent(weights.image)}`));
   node.appendChild(meta);
-  node.appendChild(weightBar(result.weights));
+  node.appendChild(weightBar(weights));
   return node;
 }
 
