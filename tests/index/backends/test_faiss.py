@@ -1,6 +1,8 @@
 """The vector backend protocol, run against every backend configuration in CONFIGS.
 
 A new backend adds its entry to CONFIGS; the FAISS-only tests are at the end.
+"memory" is a test-only backend (memory_backend.py) that shows the seam takes
+any backend, down to a whole index built, updated and searched through it.
 """
 
 from __future__ import annotations
@@ -8,8 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from makevl.index.backends import create_backend, load_backend
+from index.index_testing import PRODUCTS, build
+from makevl.data.catalog import iter_catalog
+from makevl.index.backends import BACKENDS, create_backend, load_backend
+from makevl.index.build import update_index
 from makevl.index.errors import IndexFileError
+from makevl.index.search import Searcher
+from makevl.index.store import read_manifest
 
 DIM = 16
 # name: (backend, creation options)
@@ -17,7 +24,14 @@ CONFIGS = {
     "faiss-flat": ("faiss", {"factory": "HNSW32", "exact_threshold": 1000}),
     "faiss-hnsw": ("faiss", {"factory": "HNSW32", "exact_threshold": 0}),
     "faiss-ivf": ("faiss", {"factory": "IVF2,Flat", "exact_threshold": 0}),
+    "memory": ("memory", {}),
 }
+
+
+@pytest.fixture(autouse=True)
+def memory_backend(monkeypatch):
+    """Register the test-only backend, as a new backend's line in BACKENDS would."""
+    monkeypatch.setitem(BACKENDS, "memory", "index.backends.memory_backend:MemoryBackend")
 
 
 @pytest.fixture(params=sorted(CONFIGS))
@@ -112,6 +126,23 @@ def test_save_load_round_trip(backend, config, tmp_path):
 def test_upsert_checks_shapes(backend):
     with pytest.raises(ValueError, match=rf"shape \(2, {DIM}\)"):
         backend.upsert(IDS[:2], VECTORS[:3])
+
+
+def test_an_index_works_with_any_backend(config, tmp_path, catalog):
+    name, options = config
+    index = tmp_path / "index"
+    report = build(index, catalog, backend_name=name, **options)
+    assert read_manifest(index)["backend"] == name and report.count == len(PRODUCTS)
+    assert Searcher(index, nprobe=4).search(["red t-shirt"], k=1)[0][0].id == "p1"
+    update_index(index, delete=["p1"], progress=False)
+    update_index(index, add=list(iter_catalog(catalog))[:1], progress=False)  # p1 back
+    hits = Searcher(index, nprobe=4).search(["red t-shirt"], k=len(PRODUCTS))[0]
+    assert hits[0].id == "p1" and len({h.id for h in hits}) == len(PRODUCTS)
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match="unknown vector backend 'nosuch'.*'faiss'"):
+        create_backend("nosuch", DIM)
 
 
 # FAISS only

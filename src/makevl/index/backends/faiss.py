@@ -212,7 +212,9 @@ class FaissBackend:
             backend.vectors = np.load(folder / VECTORS_FILE, mmap_mode="r")
             backend.ids = np.load(folder / IDS_FILE, mmap_mode="r")
         except (OSError, ValueError) as exc:
-            raise IndexFileError(f"{folder}: unreadable {VECTORS_FILE} or {IDS_FILE}: {exc}")
+            raise IndexFileError(
+                f"{folder}: unreadable {VECTORS_FILE} or {IDS_FILE}: {exc}"
+            ) from exc
         if backend.vectors.shape != (index.ntotal, index.d) or len(backend.ids) != index.ntotal:
             raise IndexFileError(
                 f"{folder}: {INDEX_FILE} has {index.ntotal} vectors of dim {index.d}, "
