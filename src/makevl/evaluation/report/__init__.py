@@ -7,13 +7,12 @@ and :mod:`.plots` draws the PNGs.
 
 from makevl.evaluation.report.claims import check_claims, title_drop
 from makevl.evaluation.report.render import refresh_report, render_markdown, write_report
-from makevl.evaluation.report.run import report_presets, run_report
+from makevl.evaluation.report.run import run_report
 
 __all__ = [
     "check_claims",
     "refresh_report",
     "render_markdown",
-    "report_presets",
     "run_report",
     "title_drop",
     "write_report",

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from makevl.config import ConfigError, RunConfig, bundled_config, load_config, with_overrides
+from makevl.config import ConfigError, RunConfig, resolve_config, with_overrides
 from makevl.data.catalog import Product
-from makevl.data.presets import PRESETS, get_preset
+from makevl.data.presets import get_preset
 from makevl.data.shop import load_shop
 from makevl.evaluation.evaluator import EmbeddingSystem, EvalResult, RetrievalEvaluator
 from makevl.evaluation.report.plots import write_plots
@@ -30,21 +30,12 @@ from makevl.evaluation.systems import SYSTEMS, SystemSpec
 log = logging.getLogger(__name__)
 
 
-def report_presets() -> list[str]:
-    """Presets ``makevl report`` can run without a --config: those with a bundled one."""
-    return [name for name, preset in PRESETS.items() if preset.report_config]
-
-
 def preset_config(preset: str, config: str | None, overrides: list[str]) -> RunConfig:
     """The report's base config: ``config`` (a file or bundled name) else the preset's own."""
-    overrides = [f"data.preset={preset}", *overrides]
-    if config:
-        return load_config(config, overrides) if Path(config).is_file() else bundled_config(
-            config, overrides)
-    name = get_preset(preset).report_config
+    name = config or get_preset(preset).report_config
     if name is None:
         raise ConfigError(f"preset {preset!r} has no bundled report config; pass --config")
-    return bundled_config(name, overrides)
+    return resolve_config(name, [f"data.preset={preset}", *overrides])
 
 
 def machine_description() -> str:
