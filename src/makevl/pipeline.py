@@ -32,6 +32,14 @@ def run_demo(
 
     out = Path(out)
     data_dir = out / "data"
+    overrides = [
+        "data.preset=demo",
+        f"data.catalog={data_dir / 'catalog.csv'}",
+        f"data.queries={data_dir / 'queries.csv'}",
+        f"train.out_dir={out / 'train'}",
+        *(overrides or []),
+    ]
+    cfg = resolve_config(config or "demo-tiny", overrides)  # fails before any work
 
     _stage("1. demo shop")
     start = time.perf_counter()
@@ -44,15 +52,6 @@ def run_demo(
     print(report.to_text())
     if not report.ok:
         return 1
-
-    overrides = [
-        "data.preset=demo",
-        f"data.catalog={data_dir / 'catalog.csv'}",
-        f"data.queries={data_dir / 'queries.csv'}",
-        f"train.out_dir={out / 'train'}",
-        *(overrides or []),
-    ]
-    cfg = resolve_config(config or "demo-tiny", overrides)
 
     _stage("3. statistics")
     shop = load_shop(cfg.data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    from makevl.config import ConfigError
     from makevl.pipeline import run_demo
 
-    return run_demo(args.out, args.products, args.seed, args.config, args.overrides)
+    try:
+        return run_demo(args.out, args.products, args.seed, args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"makevl demo: {exc}", file=sys.stderr)
+        return 2

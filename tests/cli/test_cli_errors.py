@@ -31,3 +31,11 @@ def test_validate_maps_columns_with_repeated_column(tmp_path: Path, capsys):
     assert '"product_id": "A1"' in out and "no image reference" in out
     assert main(["data", "validate", str(catalog), "--column", "colour=x"]) == 2
     assert "unknown field 'colour'" in capsys.readouterr().err
+
+
+def test_demo_with_an_unknown_config_exits_2_before_training(tmp_path: Path, capsys):
+    code = main(["demo", "--out", str(tmp_path / "demo"), "--products", "20",
+                 "--config", "demo-tyni"])
+    assert code == 2
+    assert "demo-tiny" in capsys.readouterr().err  # the message lists the bundled configs
+    assert not (tmp_path / "demo").exists()  # it failed before writing anything
