@@ -46,3 +46,24 @@ def test_missing_and_invalid_files(tmp_path: Path):
 
 def test_defaults_are_valid():
     assert RunConfig().model.embed_dim > 0
+
+
+def test_bundled_configs_load_by_name_as_package_resources(tmp_path: Path, monkeypatch):
+    from makevl.config import bundled_config, bundled_config_names, resolve_config
+
+    monkeypatch.chdir(tmp_path)  # nothing may depend on the source checkout's layout
+    assert bundled_config_names() == ["demo-pretrained", "demo-tiny", "fashion-mini"]
+    cfg = bundled_config("demo-tiny", ["train.epochs=4"])
+    assert cfg.train.out_dir == "runs/demo-tiny" and cfg.train.epochs == 4
+    assert resolve_config("demo-tiny.yaml") == bundled_config("demo-tiny")
+    (tmp_path / "mine.yaml").write_text("train:\n  epochs: 7\n")
+    assert resolve_config("mine.yaml").train.epochs == 7
+
+
+def test_an_unknown_config_name_is_an_error_listing_the_bundled_ones():
+    from makevl.config import bundled_config, resolve_config
+
+    with pytest.raises(ConfigError, match="demo-pretrained, demo-tiny, fashion-mini"):
+        bundled_config("demo-tyni")
+    with pytest.raises(ConfigError, match="config file not found: nope.yaml"):
+        resolve_config("nope.yaml")

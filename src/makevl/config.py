@@ -8,6 +8,7 @@ so a typo in a config file never silently falls back to a default.
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -160,28 +161,67 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a :class:`RunConfig` from an optional YAML file plus dotted overrides."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
-    tree = _merge(tree, parse_overrides(overrides or []))
+def _from_text(text: str, where: str, overrides: list[str] | None) -> RunConfig:
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: top level must be a mapping of sections")
+    return _validate(_merge(tree, parse_overrides(overrides or [])), f" in {where}")
+
+
+def _validate(tree: dict[str, Any], where: str = "") -> RunConfig:
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
-        where = f" in {path}" if path else ""
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid config{where}: {problems}") from exc
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a :class:`RunConfig` from an optional YAML file plus dotted overrides."""
+    if path is None:
+        return _validate(parse_overrides(overrides or []))
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    return _from_text(path.read_text(encoding="utf-8"), str(path), overrides)
+
+
+def _bundled_folder():
+    return resources.files("makevl") / "configs"
+
+
+def bundled_config_names() -> list[str]:
+    """Names of the configs shipped inside the package (``demo-tiny``, ...)."""
+    return sorted(item.name[: -len(".yaml")] for item in _bundled_folder().iterdir()
+                  if item.name.endswith(".yaml"))
+
+
+def bundled_config(name: str, overrides: list[str] | None = None) -> RunConfig:
+    """A config shipped with the package, read as a package resource (works when installed)."""
+    stem = name.removesuffix(".yaml")
+    if stem not in bundled_config_names():
+        raise ConfigError(
+            f"no bundled config {name!r}; bundled: {', '.join(bundled_config_names())}"
+        )
+    text = (_bundled_folder() / f"{stem}.yaml").read_text(encoding="utf-8")
+    return _from_text(text, f"bundled config {stem}", overrides)
+
+
+def resolve_config(name_or_file: str, overrides: list[str] | None = None) -> RunConfig:
+    """A YAML file when that path exists, else a bundled config by name (``demo-tiny``)."""
+    if Path(name_or_file).is_file():
+        return load_config(name_or_file, overrides)
+    if name_or_file.removesuffix(".yaml") in bundled_config_names():
+        return bundled_config(name_or_file, overrides)
+    raise ConfigError(
+        f"config file not found: {name_or_file} "
+        f"(and no bundled config of that name; bundled: {', '.join(bundled_config_names())})"
+    )
 
 
 def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:

@@ -22,7 +22,7 @@ from makevl.data.shop import SPLITS, fashion_mini_dir, load_shop
 def fashion_mini():
     if not (fashion_mini_dir() / "styles.csv").is_file():
         pytest.skip(f"fashion-mini data not found at {fashion_mini_dir()} (set MAKEVL_SHARED)")
-    return load_fashion_mini()
+    return load_fashion_mini(fashion_mini_dir() / "styles.csv")
 
 
 def _product(pid: str, **attributes: str) -> Product:

@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest
 
 from makevl.data.demo import make_demo_shop
-from makevl.data.shop import project_root
 from makevl.evaluation.report import check_claims, run_report
 
 
@@ -36,7 +35,7 @@ def test_report_on_tiny_data_writes_every_file(tmp_path: Path):
     figures = run_report(
         "demo",
         out,
-        config=str(project_root() / "src/makevl/configs/demo-tiny.yaml"),
+        config="demo-tiny",
         overrides=[f"data.catalog={data / 'catalog.csv'}", f"data.queries={data / 'queries.csv'}",
                    "train.max_steps=3", "train.epochs=1"],
         systems=["bm25", "make", "make-no-ke", "text-bi-encoder", "static-fusion"],

@@ -71,8 +71,12 @@ def test_column_mapping(tmp_path, capsys):
                 str(path),
                 "--out",
                 str(tmp_path / "index"),
-                "--columns",
-                "id=sku,title=productDisplayName,image=",
+                "--column",
+                "id=sku",
+                "--column",
+                "title=productDisplayName",
+                "--column",
+                "image=",
                 "--quiet",
             ]
         )
@@ -90,7 +94,7 @@ def test_column_mapping(tmp_path, capsys):
                 str(path),
                 "--out",
                 str(tmp_path / "other"),
-                "--columns",
+                "--column",
                 "colour=x",
             ]
         )

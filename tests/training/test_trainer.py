@@ -16,8 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from makevl.cli import main as cli_main
-from makevl.cli.train import config_path
-from makevl.config import load_config
+from makevl.config import bundled_config
 from makevl.data.demo import make_demo_shop
 from makevl.models.make import MakeModel
 from makevl.training.checkpoint import load_checkpoint, load_trainer_state
@@ -189,5 +188,5 @@ def test_cli_trains_from_a_bundled_config(demo40, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["demo-tiny", "demo-pretrained", "fashion-mini"])
 def test_bundled_configs_load(name):
-    cfg = load_config(config_path(name))
+    cfg = bundled_config(name)
     assert cfg.train.out_dir == f"runs/{name}"

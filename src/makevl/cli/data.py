@@ -7,8 +7,9 @@ import json
 import sys
 import time
 
-from makevl.config import ColumnMapping, load_config
+from makevl.config import ConfigError, load_config
 from makevl.data.catalog import CatalogError
+from makevl.data.presets import PRESETS, column_mapping, get_preset
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = data_sub.add_parser("validate", help="check a catalog and query log")
     p.add_argument("catalog", help="catalog file (.csv, .tsv, .jsonl, .parquet)")
     p.add_argument("--queries", help="query log file")
-    p.add_argument("--preset", choices=["demo", "fashion-mini", "custom"], default="custom",
+    p.add_argument("--preset", choices=list(PRESETS), default="custom",
                    help="column mapping of a known dataset")
     p.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
                    help="map a field to your column name, e.g. title=productDisplayName")
@@ -43,29 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=stats_command)
 
 
-def column_mapping(preset: str, pairs: list[str]) -> ColumnMapping:
-    if preset == "fashion-mini":
-        from makevl.data.fashion_mini import FASHION_MINI_COLUMNS
-
-        columns = FASHION_MINI_COLUMNS.model_copy()
-    else:
-        columns = ColumnMapping()
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in ColumnMapping.model_fields:
-            raise SystemExit(
-                f"--column {pair!r}: expected FIELD=COLUMN with FIELD one of "
-                f"{', '.join(ColumnMapping.model_fields)}"
-            )
-        setattr(columns, key, value or None)
-    return columns
-
-
 def validate_command(args: argparse.Namespace) -> int:
     from makevl.data.validate import validate
 
-    columns = column_mapping(args.preset, args.column)
     try:
+        columns = column_mapping(args.column, get_preset(args.preset).columns)
         report = validate(
             args.catalog,
             args.queries,
@@ -76,7 +59,7 @@ def validate_command(args: argparse.Namespace) -> int:
             workers=args.workers,
             required_fields=columns.attributes,
         )
-    except CatalogError as exc:
+    except (CatalogError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.to_json() if args.json else report.to_text())
@@ -102,7 +85,10 @@ def stats_command(args: argparse.Namespace) -> int:
     from makevl.data.shop import load_shop
     from makevl.data.stats import format_statistics, shop_statistics
 
-    cfg = load_config(args.config, args.overrides)
-    stats = shop_statistics(load_shop(cfg.data))
+    try:
+        stats = shop_statistics(load_shop(load_config(args.config, args.overrides).data))
+    except (ConfigError, CatalogError, ValueError, OSError) as exc:
+        print(f"makevl data stats: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(stats, indent=2) if args.json else format_statistics(stats))
     return 0

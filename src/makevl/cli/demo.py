@@ -1,18 +1,9 @@
-"""``makevl demo``: the README's main job, end to end on the built-in demo shop.
-
-make the data -> validate it -> print its statistics -> train MAKE -> evaluate
--> build the index -> search a few sample queries -> say how to serve.
-"""
+"""``makevl demo``: the README's main job, end to end on the built-in demo shop."""
 
 from __future__ import annotations
 
 import argparse
-import shutil
-import time
-from pathlib import Path
-
-from makevl.config import load_config
-from makevl.data.shop import project_root
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,89 +11,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for data, checkpoints and index")
     p.add_argument("--products", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", default=None, help="run config (default: configs/demo-tiny.yaml)")
+    p.add_argument("--config", default=None,
+                   help="run config, a file or a bundled name (default: demo-tiny)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides for training")
     p.set_defaults(func=demo_command)
 
 
-def _stage(title: str) -> None:
-    print(f"\n=== {title} ===", flush=True)
-
-
 def demo_command(args: argparse.Namespace) -> int:
-    from makevl.data.demo import make_demo_shop
-    from makevl.data.shop import load_shop
-    from makevl.data.stats import format_statistics, shop_statistics
-    from makevl.data.validate import validate
+    from makevl.config import ConfigError
+    from makevl.pipeline import run_demo
 
-    out = Path(args.out)
-    data_dir = out / "data"
-
-    _stage("1. demo shop")
-    start = time.perf_counter()
-    info = make_demo_shop(data_dir, n_products=args.products, seed=args.seed)
-    print(f"wrote {info['products']} products and {info['queries']} queries to {data_dir} "
-          f"in {time.perf_counter() - start:.1f} s")
-
-    _stage("2. validate")
-    report = validate(data_dir / "catalog.csv", data_dir / "queries.csv")
-    print(report.to_text())
-    if not report.ok:
-        return 1
-
-    config_path = args.config or project_root() / "src/makevl/configs/demo-tiny.yaml"
-    overrides = [
-        "data.preset=demo",
-        f"data.catalog={data_dir / 'catalog.csv'}",
-        f"data.queries={data_dir / 'queries.csv'}",
-        f"train.out_dir={out / 'train'}",
-        *args.overrides,
-    ]
-    cfg = load_config(config_path if Path(config_path).exists() else None, overrides)
-
-    _stage("3. statistics")
-    shop = load_shop(cfg.data)
-    print(format_statistics(shop_statistics(shop)))
-
-    _stage("4. train MAKE")
-    from makevl.training.trainer import result_summary, train
-
-    shutil.rmtree(cfg.train.out_dir, ignore_errors=True)  # the demo always starts fresh
-    result = train(cfg)
-    print(result_summary(result))
-    checkpoint = result.best_checkpoint or result.checkpoint
-
-    _stage("5. evaluate on the test split (MAKE vs BM25 on titles)")
-    from makevl.evaluation.baselines import BM25System
-    from makevl.evaluation.evaluator import EmbeddingSystem, RetrievalEvaluator, comparison_table
-    from makevl.training.checkpoint import load_checkpoint
-
-    model, _, _ = load_checkpoint(checkpoint)
-    evaluator = RetrievalEvaluator(shop.query_set("test"), category_attribute="category",
-                                   bootstrap=200)
-    results = [
-        evaluator.evaluate(EmbeddingSystem("make", model.encode_queries, model.encode_products)),
-        evaluator.evaluate(BM25System()),
-    ]
-    print(comparison_table(results))
-
-    _stage("6. build the product index")
-    from makevl.cli import main as makevl
-
-    index_dir = out / "index"
-    code = makevl(["index", "build", "--checkpoint", str(checkpoint),
-                   "--catalog", str(data_dir / "catalog.csv"), "--out", str(index_dir)])
-    if code:
-        return code
-
-    _stage("7. search")
-    for query in SAMPLE_QUERIES:
-        print(f"\n> makevl search {index_dir} {query!r} -k 5")
-        makevl(["search", str(index_dir), query, "-k", "5"])
-
-    print(f"\nServe it:  .venv/bin/makevl serve {index_dir}   then open http://127.0.0.1:8000/")
-    return 0
-
-
-# Queries whose answer needs the photo (pattern), the title (storage size) or both.
-SAMPLE_QUERIES = ["red striped dress", "256gb phone", "black leather bag"]
+    try:
+        return run_demo(args.out, args.products, args.seed, args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"makevl demo: {exc}", file=sys.stderr)
+        return 2

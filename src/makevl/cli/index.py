@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from makevl.config import ColumnMapping
+from makevl.data.presets import PRESETS, column_mapping, get_preset
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,42 +68,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--columns",
-        help="catalog column mapping: 'fashion-mini' or field=column pairs, e.g. "
-        "'title=productDisplayName,image=image' (default: the model's data config)",
+        "--preset",
+        choices=list(PRESETS),
+        help="catalog column mapping of a known dataset (default: the model's data config)",
+    )
+    p.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="map a field to your column name, e.g. title=productDisplayName; repeat; "
+        "an empty COLUMN marks the field absent",
     )
     p.add_argument("--batch-size", type=int, default=64, help="products per encoder batch")
     p.add_argument("--limit", type=int, help="index only the first N catalog rows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def parse_columns(text: str | None, base: ColumnMapping) -> ColumnMapping:
-    if not text:
-        return base
-    if text == "fashion-mini":
-        from makevl.data.fashion_mini import FASHION_MINI_COLUMNS
-
-        return FASHION_MINI_COLUMNS
-    fields: dict[str, Any] = base.model_dump()
-    for pair in text.split(","):
-        if "=" not in pair:
-            raise ValueError(f"--columns: {pair!r} must look like field=column")
-        key, value = (s.strip() for s in pair.split("=", 1))
-        if key not in fields:
-            raise ValueError(f"--columns: unknown field {key!r}; expected one of {sorted(fields)}")
-        fields[key] = None if value in ("", "none") else value
-    return ColumnMapping.model_validate(fields)
+def catalog_columns(args: argparse.Namespace, base: ColumnMapping) -> ColumnMapping:
+    """``--preset``'s mapping (else ``base``) with the ``--column`` pairs on top."""
+    return column_mapping(args.column, get_preset(args.preset).columns if args.preset else base)
 
 
 def _columns_of_config(config: dict[str, Any] | None) -> ColumnMapping:
     data = (config or {}).get("data", {})
-    if data.get("preset") == "fashion-mini":
-        from makevl.data.fashion_mini import FASHION_MINI_COLUMNS
-
-        return FASHION_MINI_COLUMNS
     if data.get("preset") == "custom" and data.get("columns"):
         return ColumnMapping.model_validate(data["columns"])
-    return ColumnMapping()
+    return get_preset(data.get("preset", "custom")).columns
 
 
 def _catalog_rows(path: str, columns: ColumnMapping, limit: int | None):
@@ -138,7 +130,7 @@ def build_command(args: argparse.Namespace) -> int:
         else:
             encoder = HashingEncoder(args.hashing_encoder)
             spec, model_hash, config = encoder.spec, encoder.model_hash, None
-        columns = parse_columns(args.columns, _columns_of_config(config))
+        columns = catalog_columns(args, _columns_of_config(config))
         if args.catalog:
             catalog = _catalog_rows(args.catalog, columns, args.limit)
             total = _catalog_size(args.catalog, args.limit)
@@ -193,7 +185,7 @@ def add_command(args: argparse.Namespace) -> int:
             if stored
             else _columns_of_config(manifest.get("config"))
         )
-        columns = parse_columns(args.columns, base)
+        columns = catalog_columns(args, base)
         encoder = model_hash = None
         if args.checkpoint:
             encoder, _spec, model_hash, _config = load_checkpoint_encoder(args.checkpoint)

@@ -6,14 +6,18 @@ import argparse
 import shlex
 import sys
 
+from makevl.data.presets import PRESETS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="every baseline and ablation side by side, with plots")
-    p.add_argument("--preset", choices=["demo", "fashion-mini"])
+    p.add_argument("--preset", choices=[n for n, preset in PRESETS.items() if preset.report_config],
+                   help="data preset; its bundled config is the base config")
     p.add_argument("--refresh", metavar="DIR",
                    help="re-judge and re-render a finished report (no training)")
     p.add_argument("--out", help="output folder (default reports/<preset>[-sparse-titles])")
-    p.add_argument("--config", help="base run config (default: the preset's config)")
+    p.add_argument("--config", help="base run config, a file or a bundled name "
+                   "(default: the preset's)")
     p.add_argument("--sparse-titles", action="store_true",
                    help="strip colour words from every title (train and test)")
     p.add_argument("--minutes-per-model", type=float, default=None,
@@ -43,16 +47,20 @@ def report_command(args: argparse.Namespace) -> int:
         overrides.append("data.sparse_titles=true")
         suffix = "-sparse-titles"
     out = args.out or f"reports/{args.preset}{suffix}"
-    figures = run_report(
-        args.preset,
-        out,
-        config=args.config,
-        overrides=overrides,
-        minutes_per_model=args.minutes_per_model,
-        systems=args.systems,
-        bootstrap=args.bootstrap,
-        command="makevl " + shlex.join(sys.argv[1:]),
-    )
+    try:
+        figures = run_report(
+            args.preset,
+            out,
+            config=args.config,
+            overrides=overrides,
+            minutes_per_model=args.minutes_per_model,
+            systems=args.systems,
+            bootstrap=args.bootstrap,
+            command="makevl " + shlex.join(sys.argv[1:]),
+        )
+    except ValueError as exc:  # a bad config, system name or catalog
+        print(f"makevl report: {exc}", file=sys.stderr)
+        return 2
     print(f"report written to {out}/report.md in {figures['seconds'] / 60:.1f} minutes")
     _print_claims(figures)
     return 0

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from makevl.config import bundled_config_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,28 +20,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--config",
         required=True,
         help="run config YAML, or the name of a bundled one: "
-        + ", ".join(sorted(c.stem for c in CONFIG_DIR.glob("*.yaml"))),
+        + ", ".join(bundled_config_names()),
     )
     p.add_argument("--resume", action="store_true", help="continue from train.out_dir/last")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=100")
     p.set_defaults(func=train_command)
 
 
-def config_path(name: str) -> Path:
-    """A path as given, else a bundled config by name (``demo-tiny`` or ``demo-tiny.yaml``)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    bundled = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
-    return bundled if bundled.is_file() else path  # load_config names the missing file
-
-
 def train_command(args: argparse.Namespace) -> int:
-    from makevl.config import ConfigError, load_config
+    from makevl.config import ConfigError, resolve_config
     from makevl.training.trainer import TrainingError, train
 
     try:
-        cfg = load_config(config_path(args.config), args.overrides)
+        cfg = resolve_config(args.config, args.overrides)
     except ConfigError as exc:
         print(f"makevl train: {exc}", file=sys.stderr)
         return 2

@@ -267,13 +267,9 @@ def build_queries(
 
 
 def load_fashion_mini(
-    catalog: str | Path | None = None, seed: int = 0
+    catalog: str | Path, seed: int = 0
 ) -> tuple[list[Product], list[QueryRecord], list[RowError]]:
     """Read ``styles.csv`` and build its attribute queries; rows that fail come back as errors."""
-    if catalog is None:
-        from makevl.data.shop import fashion_mini_dir
-
-        catalog = fashion_mini_dir() / "styles.csv"
     products: list[Product] = []
     errors: list[RowError] = []
     for item in iter_catalog(catalog, FASHION_MINI_COLUMNS):

@@ -11,28 +11,22 @@ product is in two splits. Test queries are judged against test products only.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from makevl.config import DataConfig
-from makevl.data.catalog import Product, QueryRecord, RowError, iter_catalog, iter_queries
+from makevl.data.catalog import Product, QueryRecord, RowError
+
+# Re-exported: callers read whole files and find the shared data through the shop module.
+from makevl.data.presets import (  # noqa: F401
+    fashion_mini_dir,
+    get_preset,
+    read_catalog,
+    read_queries,
+    shared_dir,
+)
 
 SPLITS = ("train", "val", "test")
-
-
-def project_root() -> Path:
-    return Path(__file__).resolve().parents[3]
-
-
-def shared_dir() -> Path:
-    """``../shared`` next to the project root, or ``$MAKEVL_SHARED``."""
-    return Path(os.environ.get("MAKEVL_SHARED", project_root().parent / "shared"))
-
-
-def fashion_mini_dir() -> Path:
-    return shared_dir() / "datasets" / "fashion-mini"
 
 
 def split_of(product_id: str, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2) -> str:
@@ -64,6 +58,7 @@ class Shop:
     split_seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    category_attribute: str | None = None  # from the preset: groups per-category tables
 
     def split_name(self, product_id: str) -> str:
         return split_of(product_id, self.split_seed, self.val_fraction, self.test_fraction)
@@ -92,56 +87,14 @@ class Shop:
         return QuerySet(queries, {f"q{i}": dict(qrels[t]) for i, t in enumerate(texts)}, pool)
 
 
-def read_catalog(path: str | Path, columns=None) -> tuple[list[Product], list[RowError]]:
-    products: list[Product] = []
-    errors: list[RowError] = []
-    for item in iter_catalog(path, columns):
-        (errors if isinstance(item, RowError) else products).append(item)
-    return products, errors
-
-
-def read_queries(path: str | Path, columns=None) -> tuple[list[QueryRecord], list[RowError]]:
-    records: list[QueryRecord] = []
-    errors: list[RowError] = []
-    for item in iter_queries(path, columns):
-        (errors if isinstance(item, RowError) else records).append(item)
-    return records, errors
-
-
-def default_demo_dir() -> Path:
-    return project_root() / "runs" / "demo-data"
-
-
 def load_shop(cfg: DataConfig) -> Shop:
-    """Load the shop a run config names: ``demo``, ``fashion-mini`` or ``custom`` files."""
-    errors: list[RowError] = []
-    if cfg.preset == "fashion-mini":
-        from makevl.data.fashion_mini import load_fashion_mini
-
-        products, queries, errors = load_fashion_mini(cfg.catalog, seed=cfg.split_seed)
-        name = "fashion-mini"
-    else:
-        if cfg.preset == "demo":
-            catalog = Path(cfg.catalog) if cfg.catalog else default_demo_dir() / "catalog.csv"
-            queries_path = Path(cfg.queries) if cfg.queries else catalog.parent / "queries.csv"
-            if not catalog.exists():
-                from makevl.data.demo import make_demo_shop
-
-                make_demo_shop(catalog.parent, n_products=cfg.demo_products, seed=cfg.split_seed)
-            name = "demo"
-        else:
-            if not cfg.catalog or not cfg.queries:
-                raise ValueError("data.preset=custom needs data.catalog and data.queries")
-            catalog, queries_path = Path(cfg.catalog), Path(cfg.queries)
-            name = catalog.stem
-        products, errors = read_catalog(catalog, cfg.columns if cfg.preset == "custom" else None)
-        queries, query_errors = read_queries(
-            queries_path, cfg.columns if cfg.preset == "custom" else None
-        )
-        errors += query_errors
+    """Load the shop a run config names, through its preset (``demo``, ``fashion-mini``, ``custom``)."""
+    preset = get_preset(cfg.preset)
+    data = preset.load(cfg)
     if cfg.sparse_titles:
         from makevl.data.text import strip_colour_words
 
-        for product in products:
+        for product in data.products:
             product.title = strip_colour_words(product.title)
-    return Shop(name, products, queries, errors, cfg.split_seed, cfg.val_fraction, cfg.test_fraction)
+    return Shop(data.name, data.products, data.queries, data.errors, cfg.split_seed,
+                cfg.val_fraction, cfg.test_fraction, preset.category_attribute)

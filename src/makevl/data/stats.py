@@ -9,8 +9,11 @@ from typing import Any
 from makevl.data.shop import SPLITS, Shop
 
 
-def shop_statistics(shop: Shop, category_attribute: str | None = None) -> dict[str, Any]:
-    """Counts per split, title and query lengths, relevant products per query, categories."""
+def shop_statistics(shop: Shop) -> dict[str, Any]:
+    """Counts per split, title and query lengths, relevant products per query, categories.
+
+    Categories are counted by the shop preset's category attribute, as eval and report group them.
+    """
     title_words = [len(p.title.split()) for p in shop.products] or [0]
     texts = {q.query for q in shop.queries}
     query_words = [len(t.split()) for t in texts] or [0]
@@ -33,13 +36,8 @@ def shop_statistics(shop: Shop, category_attribute: str | None = None) -> dict[s
             "relevant_per_query_median": median(relevant),
         }
     stats["splits"] = splits
-    if category_attribute is None:
-        for name in ("category", "articleType"):
-            if any(name in p.attributes for p in shop.products[:100]):
-                category_attribute = name
-                break
-    if category_attribute:
-        counts = Counter(p.attributes.get(category_attribute, "?") for p in shop.products)
+    if shop.category_attribute:
+        counts = Counter(p.attributes.get(shop.category_attribute, "?") for p in shop.products)
         stats["categories"] = dict(counts.most_common(15))
     return stats
 

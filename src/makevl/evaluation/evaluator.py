@@ -250,26 +250,6 @@ class RetrievalEvaluator:
             raise ValueError(f"{system.name}: {len(rankings)} rankings for {len(texts)} queries")
         return self.score(dict(zip(self.scored_ids, rankings)), system.name, seconds)
 
-    def evaluate_embeddings(
-        self,
-        query_vecs: np.ndarray,
-        product_vecs: np.ndarray,
-        product_ids: Sequence[str],
-        name: str = "embeddings",
-    ) -> EvalResult:
-        """Score precomputed vectors; ``query_vecs`` rows follow ``self.query_ids``."""
-        if len(query_vecs) != len(self.query_ids):
-            raise ValueError(f"{len(query_vecs)} query vectors for {len(self.query_ids)} queries")
-        if len(product_vecs) != len(product_ids):
-            raise ValueError(f"{len(product_vecs)} product vectors for {len(product_ids)} ids")
-        position = {qid: i for i, qid in enumerate(self.query_ids)}
-        rows = [position[qid] for qid in self.scored_ids]
-        start = time.perf_counter()
-        _, indices = exact_search(np.asarray(query_vecs)[rows], product_vecs, self.depth)
-        seconds = time.perf_counter() - start
-        rankings = [[product_ids[i] for i in row] for row in indices]
-        return self.score(dict(zip(self.scored_ids, rankings)), name, seconds)
-
     def score(
         self, rankings: dict[str, Sequence[str]], name: str, seconds: float = 0.0
     ) -> EvalResult:

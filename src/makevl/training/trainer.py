@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from makevl.config import RunConfig, load_config
 from makevl.data.shop import QuerySet, load_shop
+from makevl.evaluation.metrics import exact_search, query_metrics
 from makevl.keywords import KeywordVocab, build_vocabulary
 from makevl.models.make import MakeModel
 from makevl.training import distributed as dist_utils
@@ -97,14 +98,11 @@ def recall_at_k(model: MakeModel, query_set: QuerySet, k: int = 10) -> float:
             log.warning("validation: product %s (%s): %s", product.id, product.where, exc)
 
     products, _, ids = model.encode_products(query_set.pool, on_error=on_error)
-    scores = queries @ products.T
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    recalls = []
-    for row, qid in enumerate(qids):
-        relevant = set(query_set.qrels[qid])
-        found = {ids[j] for j in top[row]} & relevant
-        recalls.append(len(found) / len(relevant))
-    return float(np.mean(recalls))
+    _, top = exact_search(queries, products, k)
+    return float(np.mean([
+        query_metrics([ids[j] for j in top[row]], query_set.qrels[qid], ks=(k,))[f"recall@{k}"]
+        for row, qid in enumerate(qids)
+    ]))
 
 
 def lr_lambda(warmup_steps: int, total_steps: int):

@@ -1,0 +1,58 @@
+import csv
+import json
+
+import pytest
+
+from makevl.cli import main
+from makevl.evaluation.systems import SYSTEMS, SystemSpec, get_system, register_system
+
+
+def test_unknown_system_lists_the_registered_ones():
+    with pytest.raises(ValueError, match="bm25, minilm-zero-shot, checkpoint"):
+        get_system("bm52")
+
+
+def test_a_spec_either_builds_or_is_trained():
+    with pytest.raises(ValueError, match="exactly one"):
+        register_system(SystemSpec("neither", "baseline", "no way to get it"))
+    with pytest.raises(ValueError, match="already registered"):
+        register_system(SystemSpec("bm25", "baseline", "twice", build=lambda model: []))
+
+
+def test_report_variants_and_their_overrides():
+    trained = [name for name, spec in SYSTEMS.items() if spec.trained]
+    assert trained == ["make", "make-no-ma-equal", "make-no-ma-fused", "make-no-ke",
+                       "make-shared-encoder", "clip-query-image", "text-bi-encoder"]
+    assert "model.product_branch=image" in SYSTEMS["clip-query-image"].train_overrides
+    assert not SYSTEMS["checkpoint"].in_report
+
+
+class FirstProducts:
+    """A toy system: every query gets the pool in catalog order."""
+
+    name = "first-products"
+
+    def rank(self, queries, pool, k):
+        return [[p.id for p in pool[:k]] for _ in queries]
+
+
+def test_a_registered_system_is_picked_up_by_eval(tmp_path, capsys, monkeypatch):
+    with (tmp_path / "catalog.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "title"])
+        writer.writerows([[f"p{i}", f"product {i}"] for i in range(30)])
+    with (tmp_path / "queries.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([["query", "product_id"], *[["thing", f"p{i}"] for i in range(30)]])
+    monkeypatch.setitem(SYSTEMS, "first-products", SystemSpec(
+        "first-products", "baseline", "toy", build=lambda model: [FirstProducts()]))
+    code = main(["eval", "--system", "first-products", "--preset", "custom", "--split", "train",
+                 "--json", "--bootstrap", "10", f"data.catalog={tmp_path / 'catalog.csv'}",
+                 f"data.queries={tmp_path / 'queries.csv'}"])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["system"] == "first-products" and payload["n_queries"] == 1
+
+
+def test_eval_refuses_a_system_only_the_report_trains():
+    with pytest.raises(SystemExit):  # not a choice: it has no checkpoint to load
+        main(["eval", "--system", "make-no-ke"])
