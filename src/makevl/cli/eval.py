@@ -79,15 +79,16 @@ def build_system(name: str, checkpoint_model=None):
         return BM25System()
     if name == "minilm":
         return ZeroShotMiniLMSystem()
-    return EmbeddingSystem(
-        "make", checkpoint_model.encode_queries, checkpoint_model.encode_products
-    )
+    from makevl.models.inference import MakeEncoder
+
+    encoder = MakeEncoder(checkpoint_model)
+    return EmbeddingSystem("make", encoder.encode_queries, encoder.encode_products)
 
 
 def load_checkpoint_or_explain(path: str):
     """``load_checkpoint(path)``, with a one-line error instead of a traceback."""
     try:
-        from makevl.training.checkpoint import load_checkpoint
+        from makevl.models.checkpoint import load_checkpoint
 
         return load_checkpoint(path)
     except ImportError as exc:

@@ -146,8 +146,9 @@ def run_report(
     if wanted is None or "minilm-zero-shot" in wanted:
         record(evaluator.evaluate(ZeroShotMiniLMSystem()), "baseline")
 
+    from makevl.models.checkpoint import load_checkpoint
+    from makevl.models.inference import MakeEncoder
     from makevl.models.make import MakeModel
-    from makevl.training.checkpoint import load_checkpoint
     from makevl.training.trainer import seed_everything, train
 
     for spec in TRAINED_SYSTEMS:
@@ -157,7 +158,7 @@ def run_report(
         shutil.rmtree(cfg.train.out_dir, ignore_errors=True)  # a rerun retrains from scratch
         t0 = time.perf_counter()
         outcome = train(cfg)
-        model, _, _ = load_checkpoint(outcome.best_checkpoint or outcome.checkpoint)
+        model = MakeEncoder(load_checkpoint(outcome.best_checkpoint or outcome.checkpoint)[0])
         training[spec.name] = {
             "steps": outcome.step,
             "seconds": round(time.perf_counter() - t0, 1),
@@ -170,10 +171,11 @@ def run_report(
         system = EmbeddingSystem(spec.name, model.encode_queries, model.encode_products)
         record(evaluator.evaluate(system), spec.group)
         if spec.name == "make":
-            make_alpha, make_model = system.product_alpha, model
+            make_alpha, make_model = system.modality_weights, model
             # The same model before training (same config and seed): the floor to beat.
             seed_everything(cfg.train.seed)
-            untrained = MakeModel.from_config(cfg, num_keywords=model.num_keywords)
+            num_keywords = model.model.num_keywords
+            untrained = MakeEncoder(MakeModel.from_config(cfg, num_keywords=num_keywords))
             record(evaluator.evaluate(EmbeddingSystem(
                 "make-untrained", untrained.encode_queries, untrained.encode_products)),
                 "reference")
@@ -235,8 +237,8 @@ def _branch(model, titles: list[str] | None = None, products: list[Product] | No
     """MAKE's unit title (or image) branch vectors for static fusion."""
     if products is None:
         products = [Product(id=str(i), title=t, image=None) for i, t in enumerate(titles)]
-        return model.encode_products(products, branches=True, on_error=lambda *_: None)["title"]
-    return model.encode_products(products, branches=True)["image"]
+        return model.encode_branch(products, "title", on_error=lambda *_: None)
+    return model.encode_branch(products, "image")
 
 
 def _alpha_by_category(pool: list[Product], alpha: np.ndarray, attribute: str | None) -> dict:
