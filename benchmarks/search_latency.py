@@ -78,7 +78,7 @@ class MiniLMQueryTower:
         from makevl.evaluation.baselines import MiniLMEncoder
 
         self.encoder = MiniLMEncoder(batch_size=1)
-        hidden = self.encoder.model.config.hidden_size
+        hidden = self.encoder.tower.hidden_size
         self.projection = np.random.default_rng(0).standard_normal((hidden, dim)).astype(np.float32)
 
     def encode_queries(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
@@ -212,7 +212,6 @@ def main() -> int:
     )
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sizes = (
         [int(s) for s in args.sizes.split(",")]
         if args.sizes

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from makevl.data.catalog import Product, QueryRecord
-from makevl.data.text import normalize_text
+from makevl.data.text import keyword_terms, normalize_text
 
 SOURCES = ("attribute", "user", "title")  # precedence when a keyword comes from several
 
@@ -44,18 +43,9 @@ FILLER = frozenset({
 # fmt: on
 PLACEHOLDERS = frozenset({"na", "n/a", "none", "null", "nan", "unknown", "other", "-"})
 
-_TERM_RE = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*")
-_POSSESSIVE_RE = re.compile(r"['’]s\b")
-
-
-def tokens(text: str) -> list[str]:
-    """Lower-case words, hyphenated ones whole, no possessives ("Men's T-Shirt": men t-shirt)."""
-    return _TERM_RE.findall(_POSSESSIVE_RE.sub("", text.lower()))
-
-
 def keyword_key(keyword: str) -> tuple[str, ...]:
     """What makes two keywords the same: their words, hyphens split ("off-white" == "off white")."""
-    return tuple(part for token in tokens(keyword) for part in token.split("-"))
+    return tuple(part for token in keyword_terms(keyword) for part in token.split("-"))
 
 
 @dataclass
@@ -101,7 +91,7 @@ class KeywordVocab:
 
     def _match(self, text: str) -> tuple[list[str], list[str]]:
         """(keywords found, words left over)."""
-        words = tokens(text)
+        words = keyword_terms(text)
         found: list[str] = []
         rest: list[str] = []
         i = 0
@@ -188,7 +178,7 @@ def _rank_title_terms(
             if record.label <= 0 or record.product_id not in terms_of:
                 continue
             terms = terms_of[record.product_id] & eligible.keys()
-            query_words = set(tokens(record.query)) - STOPWORDS
+            query_words = set(keyword_terms(record.query)) - STOPWORDS
             total += 1
             term_count.update(terms)
             word_count.update(query_words)

@@ -68,9 +68,10 @@ def run_demo(
     _stage("5. evaluate on the test split (MAKE vs BM25 on titles)")
     from makevl.evaluation.baselines import BM25System
     from makevl.evaluation.evaluator import EmbeddingSystem, RetrievalEvaluator, comparison_table
-    from makevl.training.checkpoint import load_checkpoint
+    from makevl.models.checkpoint import load_checkpoint
+    from makevl.models.inference import MakeEncoder
 
-    model, _, _ = load_checkpoint(checkpoint)
+    model = MakeEncoder(load_checkpoint(checkpoint)[0])
     evaluator = RetrievalEvaluator(shop.query_set("test"), category_attribute=shop.category_attribute,
                                    bootstrap=200)
     results = [

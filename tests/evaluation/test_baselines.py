@@ -4,11 +4,11 @@ import pytest
 from makevl.config import DataConfig
 from makevl.data.catalog import Product
 from makevl.data.shop import fashion_mini_dir, load_shop
+from makevl.data.text import bm25_tokens
 from makevl.evaluation.baselines import (
     BM25System,
     StaticFusionSystem,
     ZeroShotMiniLMSystem,
-    simple_tokenize,
     static_fusion_grid,
 )
 from makevl.evaluation.evaluator import RetrievalEvaluator
@@ -24,8 +24,8 @@ TITLES = [
 POOL = [Product(f"p{i}", title, None) for i, title in enumerate(TITLES)]
 
 
-def test_simple_tokenize_lowercases_and_does_not_stem():
-    assert simple_tokenize("Men's RUNNING-Shoes, size 9") == [
+def test_bm25_tokens_lowercase_and_do_not_stem():
+    assert bm25_tokens("Men's RUNNING-Shoes, size 9") == [
         "men",
         "s",
         "running",

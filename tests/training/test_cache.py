@@ -9,9 +9,10 @@ import torch
 
 from makevl.data.images import load_image
 from makevl.data.shop import load_shop
-from makevl.models import make as make_module
-from makevl.models.backbones import ImageEncoder, TextEncoder, create_image_encoder
+from makevl.models.backbones import ImageTower, TextTower, create_image_tower
+from makevl.models.inference import MakeEncoder
 from makevl.models.make import MakeModel
+from makevl.models.objective import MakeObjective
 from makevl.training.cache import cache_image_features, cache_title_features, image_key
 from makevl.training.trainer import train
 
@@ -40,24 +41,24 @@ def test_image_cache_is_reused_and_gives_the_same_features(demo40, tmp_path, tin
     cfg = tiny_config(demo40, tmp_path / "run")
     products = load_shop(cfg.data).products_in("train")
     torch.manual_seed(0)
-    encoder = create_image_encoder("tiny").eval()
-    model = MakeModel.from_config(cfg)
+    encoder = create_image_tower("tiny").eval()
+    make = MakeEncoder(MakeModel.from_config(cfg))
     settings = ("image", "tiny", 32)
-    counter = count_rows(ImageEncoder)
+    counter = count_rows(ImageTower)
 
     first, bad, encoded = cache_image_features(
-        encoder, model.image_transform, products, tmp_path / "cache", settings, torch.device("cpu")
+        encoder, make.image_transform, products, tmp_path / "cache", settings, torch.device("cpu")
     )
     assert encoded == len(products) and not bad
     assert counter["rows"] == len(products)
     again, _, encoded_again = cache_image_features(  # a later run: a fresh cache object
-        encoder, model.image_transform, products, tmp_path / "cache", settings, torch.device("cpu")
+        encoder, make.image_transform, products, tmp_path / "cache", settings, torch.device("cpu")
     )
     assert encoded_again == 0 and counter["rows"] == len(products)  # no more encoder work
     for row in (0, len(products) - 1):
         a, b = first(row), again(row)
         assert torch.equal(a["image_tokens"], b["image_tokens"])
-        pixels = model.image_transform(load_image(products[row].image)).unsqueeze(0)
+        pixels = make.image_transform(load_image(products[row].image)).unsqueeze(0)
         with torch.no_grad():
             tokens, pooled = encoder(pixels)
         torch.testing.assert_close(a["image_tokens"], tokens[0], rtol=1e-2, atol=1e-2)
@@ -65,7 +66,7 @@ def test_image_cache_is_reused_and_gives_the_same_features(demo40, tmp_path, tin
 
     # Other weights or another image size: another cache, never stale features.
     _, _, encoded_other = cache_image_features(
-        encoder, model.image_transform, products, tmp_path / "cache", ("image", "tiny", 48),
+        encoder, make.image_transform, products, tmp_path / "cache", ("image", "tiny", 48),
         torch.device("cpu"),
     )  # fmt: skip
     assert encoded_other == len(products)
@@ -79,8 +80,9 @@ def test_title_cache_pads_to_max_tokens(demo40, tmp_path, tiny_config, count_row
     cfg = tiny_config(demo40, tmp_path / "run")
     products = load_shop(cfg.data).products_in("train")
     model = MakeModel.from_config(cfg)
-    counter = count_rows(TextEncoder)
-    args = (model.title_encoder, model.tokenize_titles, products, tmp_path / "cache",
+    encoder = MakeEncoder(model)
+    counter = count_rows(TextTower)
+    args = (model.title_encoder, encoder.tokenize_titles, products, tmp_path / "cache",
             ("title", "tiny", 16), 16, torch.device("cpu"))  # fmt: skip
     lookup, encoded = cache_title_features(*args)
     assert encoded == len({p.title for p in products}) == counter["rows"]
@@ -88,7 +90,7 @@ def test_title_cache_pads_to_max_tokens(demo40, tmp_path, tiny_config, count_row
     assert encoded_again == 0 and counter["rows"] == encoded
     features = lookup(3)
     assert features["title_tokens"].shape == (16, model.title_encoder.hidden_size)
-    tokens = model.tokenize_titles([products[3].title])
+    tokens = encoder.tokenize_titles([products[3].title])
     with torch.no_grad():
         _, pooled = model.title_encoder(tokens["input_ids"], tokens["attention_mask"])
     torch.testing.assert_close(features["title_pooled"], pooled[0], rtol=1e-2, atol=1e-2)
@@ -99,14 +101,14 @@ def test_training_with_frozen_towers_reads_the_cache(demo40, tmp_path, tiny_conf
                                                      monkeypatch):  # fmt: skip
     monkeypatch.setenv("MAKEVL_CACHE_DIR", str(tmp_path / "cache"))
     batch_keys: list[set[str]] = []
-    original_forward = MakeModel.forward
+    original_forward = MakeObjective.forward
 
     def spy(self, batch):
         batch_keys.append(set(batch))
         return original_forward(self, batch)
 
-    monkeypatch.setattr(make_module.MakeModel, "forward", spy)
-    counter = count_rows(ImageEncoder)
+    monkeypatch.setattr(MakeObjective, "forward", spy)
+    counter = count_rows(ImageTower)
     settings = ("model.freeze_image=true", "model.freeze_text=true", "train.epochs=2")
     first = train(tiny_config(demo40, tmp_path / "first", *settings))
     first_rows = counter["rows"]

@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 from makevl.cli import main as cli_main
 from makevl.config import bundled_config
 from makevl.data.demo import make_demo_shop
+from makevl.models.checkpoint import load_checkpoint
 from makevl.models.make import MakeModel
-from makevl.training.checkpoint import load_checkpoint, load_trainer_state
+from makevl.training.checkpoint import load_trainer_state
 from makevl.training.trainer import TrainingError, build_optimizer, lr_lambda, train
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,7 +25,11 @@ def normalize_text(text: str) -> str:
     return re.sub(r"\s+", " ", text.lower()).strip()
 
 
+# Three word splits, kept apart because each one's results depend on it:
+# words() for matching, keyword_terms() for mining keywords, bm25_tokens() for BM25.
 _WORD_RE = re.compile(r"[^\W_]+")
+_TERM_RE = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*")
+_TOKEN_RE = re.compile(r"\w+")
 _POSSESSIVE_RE = re.compile(r"['’]s\b")
 
 
@@ -36,3 +40,17 @@ def words(text: str) -> list[str]:
     matches "off white" and "men's" matches "men".
     """
     return _WORD_RE.findall(_POSSESSIVE_RE.sub("", text.lower()))
+
+
+def keyword_terms(text: str) -> list[str]:
+    """Lower-case words, hyphenated ones whole, no possessives ("Men's T-Shirt": men t-shirt).
+
+    Keyword mining counts "t-shirt" as one term, so "shirt" alone does not match it.
+    """
+    return _TERM_RE.findall(_POSSESSIVE_RE.sub("", text.lower()))
+
+
+def bm25_tokens(text: str) -> list[str]:
+    """Lower-case ``\\w+`` tokens, for the BM25 baseline: no stemming, no stop-words,
+    possessive "s" kept ("Men's" -> men s), as the reported BM25 figures were made."""
+    return _TOKEN_RE.findall(text.lower())

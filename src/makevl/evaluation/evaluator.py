@@ -49,8 +49,8 @@ class EmbeddingSystem:
     """A two-tower encoder as a system: exact inner-product search over the pool.
 
     ``encode_queries(texts) -> [Q, d]``; ``encode_products(products)`` returns
-    ``[N, d]`` or a tuple ``(vectors, alpha, ids)`` as ``MakeModel.encode_products``
-    does (the modality weights are kept in ``product_alpha`` for reports). Pass
+    ``[N, d]`` or a tuple ``(vectors, modality_weights, ids)`` as
+    ``MakeEncoder.encode_products`` does (the weights are kept for reports). Pass
     unit-norm vectors for cosine similarity.
     """
 
@@ -63,13 +63,13 @@ class EmbeddingSystem:
         self.name = name
         self.encode_queries = encode_queries
         self.encode_products = encode_products
-        self.product_alpha: np.ndarray | None = None
+        self.modality_weights: np.ndarray | None = None
 
     def rank(self, queries: list[str], pool: list[Product], k: int) -> list[list[str]]:
         encoded = self.encode_products(pool)
         if isinstance(encoded, tuple):
             vectors = encoded[0]
-            self.product_alpha = np.asarray(encoded[1]) if len(encoded) > 1 else None
+            self.modality_weights = np.asarray(encoded[1]) if len(encoded) > 1 else None
             if len(encoded) > 2 and list(encoded[2]) != [p.id for p in pool]:
                 raise ValueError(f"{self.name}: encode_products returned ids out of pool order")
         else:

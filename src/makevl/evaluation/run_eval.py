@@ -108,11 +108,12 @@ def run_eval(
 def _load_checkpoint(path: str):
     """``(model, config)`` of a checkpoint; a clear error instead of a traceback."""
     try:
-        from makevl.training.checkpoint import load_checkpoint
+        from makevl.models.checkpoint import load_checkpoint
+        from makevl.models.inference import MakeEncoder
     except ImportError as exc:
         raise ValueError(f"cannot load checkpoints in this build ({exc})") from exc
     try:
         model, cfg, _ = load_checkpoint(path)
     except FileNotFoundError as exc:
         raise ValueError(str(exc)) from exc
-    return model, cfg
+    return MakeEncoder(model), cfg

@@ -70,8 +70,8 @@ def _branch(model, titles: list[str] | None = None, products: list[Product] | No
     """MAKE's unit title (or image) branch vectors for static fusion."""
     if products is None:
         products = [Product(id=str(i), title=t, image=None) for i, t in enumerate(titles)]
-        return model.encode_products(products, branches=True, on_error=lambda *_: None)["title"]
-    return model.encode_products(products, branches=True)["image"]
+        return model.encode_branch(products, "title", on_error=lambda *_: None)
+    return model.encode_branch(products, "image")
 
 
 def _static_fusion(model: Any) -> list[RankingSystem]:

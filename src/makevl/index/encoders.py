@@ -105,19 +105,20 @@ class HashingEncoder:
 
 def checkpoint_hash(checkpoint: str | Path) -> str:
     """SHA-256 of a checkpoint's ``model.safetensors`` (a checkpoint or run directory)."""
-    from makevl.training.checkpoint import WEIGHTS, resolve_checkpoint
+    from makevl.models.checkpoint import WEIGHTS, resolve_checkpoint
 
     return file_sha256(resolve_checkpoint(checkpoint) / WEIGHTS)
 
 
 def load_checkpoint_encoder(checkpoint: str | Path) -> tuple[Encoder, dict[str, Any], str, dict]:
     """Load a trained MAKE model: ``(encoder, spec, model_hash, run_config_dict)``."""
-    from makevl.training.checkpoint import load_checkpoint, resolve_checkpoint
+    from makevl.models.checkpoint import load_checkpoint, resolve_checkpoint
+    from makevl.models.inference import MakeEncoder
 
     directory = resolve_checkpoint(checkpoint).resolve()
     model, cfg, _vocab = load_checkpoint(directory)
     spec = {"type": "checkpoint", "path": str(directory)}
-    return model, spec, checkpoint_hash(directory), cfg.model_dump(mode="json")
+    return MakeEncoder(model), spec, checkpoint_hash(directory), cfg.model_dump(mode="json")
 
 
 def encoder_from_spec(spec: dict[str, Any]) -> tuple[Encoder, str]:

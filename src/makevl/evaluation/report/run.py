@@ -104,7 +104,7 @@ def run_report(
             system = EmbeddingSystem(spec.name, model.encode_queries, model.encode_products)
             record(evaluator.evaluate(system), spec.group)
             if spec.name == "make":
-                make_alpha, make_model = system.product_alpha, model
+                make_alpha, make_model = system.modality_weights, model
                 record(evaluator.evaluate(_untrained_twin(model, base, out_dir)), "reference")
         elif spec.needs_model:
             if make_model is not None:  # built on the report's own trained MAKE
@@ -136,14 +136,15 @@ def run_report(
 
 def _train(spec: SystemSpec, base: RunConfig, out_dir: Path):
     """Train one MAKE variant from scratch; return its best model and a training summary."""
-    from makevl.training.checkpoint import load_checkpoint
+    from makevl.models.checkpoint import load_checkpoint
+    from makevl.models.inference import MakeEncoder
     from makevl.training.trainer import train
 
     cfg = _variant_config(spec, base, out_dir)
     shutil.rmtree(cfg.train.out_dir, ignore_errors=True)  # a rerun retrains from scratch
     t0 = time.perf_counter()
     outcome = train(cfg)
-    model, _, _ = load_checkpoint(outcome.best_checkpoint or outcome.checkpoint)
+    model = MakeEncoder(load_checkpoint(outcome.best_checkpoint or outcome.checkpoint)[0])
     summary = {
         "steps": outcome.step,
         "seconds": round(time.perf_counter() - t0, 1),
@@ -163,12 +164,13 @@ def _variant_config(spec: SystemSpec, base: RunConfig, out_dir: Path) -> RunConf
 
 def _untrained_twin(model, base: RunConfig, out_dir: Path) -> EmbeddingSystem:
     """MAKE before training (same config and seed): the floor to beat."""
+    from makevl.models.inference import MakeEncoder
     from makevl.models.make import MakeModel
     from makevl.training.trainer import seed_everything
 
     cfg = _variant_config(SYSTEMS["make"], base, out_dir)
     seed_everything(cfg.train.seed)
-    untrained = MakeModel.from_config(cfg, num_keywords=model.num_keywords)
+    untrained = MakeEncoder(MakeModel.from_config(cfg, num_keywords=model.model.num_keywords))
     return EmbeddingSystem("make-untrained", untrained.encode_queries, untrained.encode_products)
 
 

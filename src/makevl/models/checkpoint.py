@@ -1,0 +1,116 @@
+"""Model checkpoints: one directory per checkpoint, written atomically.
+
+A checkpoint directory holds what a later stage needs to rebuild the model, in
+open formats:
+
+- ``model.safetensors``  the weights
+- ``config.yaml``        the full run config, so the model can be rebuilt
+- ``keywords.json``      the keyword vocabulary the keyword head predicts
+
+Training adds its own state file (see :mod:`makevl.training.checkpoint`).
+Writes go to a temporary sibling directory that is swapped into place, so a
+crash or a full disk mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from makevl.config import RunConfig, load_config
+from makevl.files import file_sha256, fsync_tree, swap_into_place
+
+if TYPE_CHECKING:
+    from makevl.keywords import KeywordVocab
+    from makevl.models.make import MakeModel
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+KEYWORDS = "keywords.json"
+
+
+class CheckpointError(FileNotFoundError):
+    """A path that does not hold a usable checkpoint; the message says what is missing."""
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: MakeModel,
+    cfg: RunConfig,
+    vocab: KeywordVocab,
+    write_extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write a checkpoint to ``directory``, replacing any previous one atomically.
+
+    ``write_extra(folder)`` may add files (e.g. the trainer state) before the swap.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_model(model, str(tmp / WEIGHTS))
+        cfg.save(tmp / CONFIG)
+        vocab.save(tmp / KEYWORDS)
+        if write_extra is not None:
+            write_extra(tmp)
+        fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    swap_into_place(tmp, directory)  # an interrupted swap leaves .old, see resolve_checkpoint
+    return directory
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint directory or a run directory (its ``best/``, else ``last/``)."""
+    path = Path(path)
+    for candidate in (path, path / "best", path / "last"):
+        if (candidate / WEIGHTS).is_file():
+            return candidate
+        old = candidate.with_name(f".{candidate.name}.old")
+        if not candidate.exists() and (old / WEIGHTS).is_file():
+            log.warning("%s: using %s left by an interrupted save", candidate, old)
+            return old
+    raise CheckpointError(
+        f"no checkpoint at {path}: expected {WEIGHTS} there or in its best/ or last/ folder"
+    )
+
+
+def checkpoint_hash(path: str | Path) -> str:
+    """SHA-256 of a checkpoint's weights file (a checkpoint or run directory)."""
+    return file_sha256(resolve_checkpoint(path) / WEIGHTS)
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[MakeModel, RunConfig, KeywordVocab]:
+    """Rebuild the trained model, its config and its keyword vocabulary (in eval mode)."""
+    from makevl.keywords import KeywordVocab
+    from makevl.models.make import MakeModel
+
+    directory = resolve_checkpoint(path)
+    for name in (CONFIG, KEYWORDS):
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{directory}: {name} missing")
+    cfg = load_config(directory / CONFIG)
+    vocab = KeywordVocab.load(directory / KEYWORDS)
+    model = MakeModel.from_config(cfg, num_keywords=len(vocab.keywords))
+    missing, unexpected = load_model(model, str(directory / WEIGHTS), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{directory / WEIGHTS} does not match the model its config builds: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    model.to(device).eval()
+    return model, cfg, vocab

@@ -1,0 +1,167 @@
+"""From strings and products to numpy vectors with a :class:`MakeModel`.
+
+Tokenizing, image loading (a bad image becomes a blank one, reported) and
+batched encoding live here, so training, evaluation, the index and the server
+all feed the model the same way. :class:`MakeEncoder` is what they call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from makevl.data.catalog import Product
+from makevl.data.images import ImageError, describe, load_image
+from makevl.models.make import BRANCHES, MakeModel
+
+log = logging.getLogger(__name__)
+
+BLANK_GRAY = (128, 128, 128)
+OnError = Callable[[Product, Exception], None]
+
+
+class ProductVectors(NamedTuple):
+    """Encoded products, row-aligned: unpacks as ``vectors, modality_weights, ids``."""
+
+    vectors: np.ndarray  # [N, d] float32, unit norm
+    modality_weights: np.ndarray  # [N, 3] over BRANCHES (title, image, fused)
+    ids: list[str]
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    encoded = tokenizer(
+        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+
+def warn_image_error(product: Product, exc: Exception) -> None:
+    log.warning(
+        "product %s (%s): image %s unusable, encoded with a blank image: %s",
+        product.id,
+        product.where,
+        describe(product.image),
+        exc,
+    )
+
+
+def chunks(items: Iterable[Product], size: int) -> Iterator[list[Product]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+class MakeEncoder:
+    """A :class:`MakeModel` with its preprocessing: texts and products in, numpy out.
+
+    It is the index's ``Encoder``; ``model`` is the wrapped module.
+    """
+
+    def __init__(self, model: MakeModel) -> None:
+        self.model = model
+
+    # ---------------------------------------------------------------- preprocessing
+
+    def tokenize_queries(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        model = self.model
+        return tokenize(model.query_encoder.tokenizer, texts, model.max_query_tokens)
+
+    def tokenize_titles(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        model = self.model
+        return tokenize(model.title_encoder.tokenizer, texts, model.max_title_tokens)
+
+    def image_transform(self, image: Image.Image) -> torch.Tensor:
+        """PIL image -> [3, S, S]: padded to a square on white, resized, normalized."""
+        return self.model.image_encoder.transform(image, self.model.image_size)
+
+    def product_pixels(self, product: Product, on_error: OnError) -> torch.Tensor:
+        """The product's image as pixels; blank gray (reported) when it cannot be used."""
+        try:
+            image = load_image(product.image)
+        except (ImageError, OSError) as exc:
+            on_error(product, exc)
+            size = self.model.image_size
+            image = Image.new("RGB", (size, size), BLANK_GRAY)
+        return self.image_transform(image)
+
+    # --------------------------------------------------------------------- encoding
+
+    @torch.no_grad()
+    def encode_queries(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """Query vectors [N, d] float32, L2-normalized."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            out = [np.zeros((0, model.embed_dim), dtype=np.float32)]
+            for start in range(0, len(texts), batch_size):
+                tokens = self.tokenize_queries(texts[start : start + batch_size])
+                q = model.encode_query(**{k: v.to(model.device) for k, v in tokens.items()})
+                out.append(q.float().cpu().numpy())
+            return np.concatenate(out)
+        finally:
+            model.train(was_training)
+
+    def encode_products(
+        self, products: Iterable[Product], batch_size: int = 64, on_error: OnError | None = None
+    ) -> ProductVectors:
+        """Product vectors, MA weights and ids, streaming over ``products``.
+
+        A product whose image cannot be used is encoded with a blank gray image
+        and reported through ``on_error(product, exc)`` (default: a log warning).
+        """
+        arrays, ids = self._encode(products, ("product", "modality_weights"), batch_size, on_error)
+        return ProductVectors(arrays["product"], arrays["modality_weights"], ids)
+
+    def encode_branch(
+        self,
+        products: Iterable[Product],
+        branch: str,
+        batch_size: int = 64,
+        on_error: OnError | None = None,
+    ) -> np.ndarray:
+        """One branch's unit vectors [N, d] (``"title"``, ``"image"`` or ``"fused"``),
+        for baselines built on a single branch."""
+        if branch not in BRANCHES:
+            raise ValueError(f"unknown branch {branch!r}; expected one of {BRANCHES}")
+        return self._encode(products, (branch,), batch_size, on_error)[0][branch]
+
+    @torch.no_grad()
+    def _encode(
+        self,
+        products: Iterable[Product],
+        keys: tuple[str, ...],
+        batch_size: int,
+        on_error: OnError | None,
+    ) -> tuple[dict[str, np.ndarray], list[str]]:
+        model = self.model
+        on_error = on_error or warn_image_error
+        parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
+        ids: list[str] = []
+        was_training = model.training
+        model.eval()
+        try:
+            for chunk in chunks(products, batch_size):
+                titles = self.tokenize_titles([p.title for p in chunk])
+                pixels = torch.stack([self.product_pixels(p, on_error) for p in chunk])
+                out = model.encode_product(
+                    titles["input_ids"].to(model.device),
+                    titles["attention_mask"].to(model.device),
+                    pixel_values=pixels.to(model.device),
+                )
+                for key in keys:
+                    parts[key].append(out[key].float().cpu().numpy())
+                ids.extend(p.id for p in chunk)
+        finally:
+            model.train(was_training)
+        arrays = {}
+        for key, rows in parts.items():
+            width = len(BRANCHES) if key == "modality_weights" else model.embed_dim
+            arrays[key] = np.concatenate(rows) if rows else np.zeros((0, width), np.float32)
+        return arrays, ids

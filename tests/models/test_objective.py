@@ -1,0 +1,136 @@
+"""The objective: one registered term per loss, weighted by the loss config."""
+
+import pytest
+import torch
+
+from makevl.config import LossConfig
+from makevl.models.losses import ProductMemoryBank
+from makevl.models.objective import (
+    LOSS_TERMS,
+    MakeObjective,
+    build_loss_terms,
+    register_loss_term,
+)
+from models.tiny import make_batch, product_inputs, tiny_model
+
+TERMS = tuple(LossConfig.model_fields)  # every weight in the config names a term
+ONLY_QUERY_PRODUCT = LossConfig(
+    query_product=1, title_image=0, query_title=0, query_image=0, keyword_query=0,
+    keyword_prediction=0,
+)  # fmt: skip
+
+
+def test_every_config_weight_has_a_registered_term():
+    assert set(TERMS) == set(LOSS_TERMS)
+
+
+@pytest.fixture(scope="module")
+def overfit_one_batch() -> tuple[dict[str, float], dict[str, float], set[str]]:
+    """Each term's value before and after 30 Adam steps on one batch."""
+    model = tiny_model(seed=1).train()
+    objective = MakeObjective(model, LossConfig())
+    batch = make_batch(model, seed=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    first = None
+    for _ in range(30):
+        out = objective(batch)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        first = first or {k: out[k].item() for k in TERMS}
+    return first, {k: out[k].item() for k in TERMS}, set(out)
+
+
+@pytest.mark.parametrize("name", TERMS)
+def test_loss_term_falls_when_overfitting_one_batch(overfit_one_batch, name):
+    first, last, keys = overfit_one_batch
+    assert keys == {"loss", "logit_scale", *TERMS}
+    assert last[name] < 0.5 * first[name], (name, first[name], last[name])
+
+
+def test_only_terms_with_a_non_zero_weight_are_built():
+    terms = build_loss_terms(LossConfig(title_image=0.0, keyword_query=0).model_dump())
+    assert list(terms) == ["query_product", "query_title", "query_image", "keyword_prediction"]
+    assert terms["query_title"] == (0.25, LOSS_TERMS["query_title"])
+    assert build_loss_terms({"query_product": 0.0}) == {}
+
+
+def test_an_unknown_term_name_is_an_error():
+    with pytest.raises(
+        ValueError, match=r"unknown loss term\(s\) \['query_colour'\].*query_product"
+    ):
+        build_loss_terms({"query_product": 1.0, "query_colour": 0.5})
+    with pytest.raises(ValueError, match="already registered"):
+        register_loss_term("query_product")(lambda inputs: None)
+
+
+def test_a_registered_term_is_weighted_into_the_loss(monkeypatch):
+    monkeypatch.setitem(LOSS_TERMS, "constant", lambda inputs: torch.tensor(2.0))
+    model = tiny_model().eval()
+    objective = MakeObjective(model, ONLY_QUERY_PRODUCT)
+    objective.terms = build_loss_terms({"query_product": 1.0, "constant": 0.5})
+    with torch.no_grad():
+        out = objective(make_batch(model))
+    torch.testing.assert_close(out["loss"], out["query_product"] + 0.5 * 2.0)
+
+
+def test_zero_weight_and_missing_inputs_skip_losses():
+    model = tiny_model()
+    objective = MakeObjective(model, LossConfig(title_image=0.0, query_image=0.0))
+    batch = make_batch(model)
+    del batch["pseudo_query_input_ids"], batch["pseudo_query_attention_mask"]
+    del batch["keyword_targets"]
+    out = objective(batch)
+    assert set(out) == {"loss", "logit_scale", "query_product", "query_title"}
+    expected = 1.0 * out["query_product"] + 0.25 * out["query_title"]
+    torch.testing.assert_close(out["loss"], expected)
+    assert out["logit_scale"].item() == pytest.approx(1 / 0.07, rel=1e-4)
+    only_title_image = MakeObjective(
+        model,
+        LossConfig(
+            query_product=0, query_title=0, query_image=0, keyword_query=0, keyword_prediction=0
+        ),
+    )
+    assert set(only_title_image(batch)) == {"loss", "logit_scale", "title_image"}
+
+
+def test_duplicate_products_in_a_batch_are_masked():
+    model = tiny_model().eval()
+    objective = MakeObjective(model, LossConfig())
+    batch = make_batch(model)
+    batch["pixel_values"][1] = batch["pixel_values"][0]  # rows 0 and 1: one product
+    batch["title_input_ids"][1] = batch["title_input_ids"][0]
+    batch["title_attention_mask"][1] = batch["title_attention_mask"][0]
+    with torch.no_grad():
+        distinct = objective(batch)["query_product"]
+        batch["product_index"] = torch.tensor([0, 0, 2, 3, 4, 5])
+        masked = objective(batch)["query_product"]
+    assert masked < distinct  # the twin is no longer a (perfectly hard) negative
+
+
+def test_memory_bank_adds_negatives():
+    model = tiny_model().eval()
+    objective = MakeObjective(model, ONLY_QUERY_PRODUCT)
+    batch = make_batch(model)
+    with torch.no_grad():
+        base = objective(batch)["query_product"]
+        products = model.encode_product(**product_inputs(batch))["product"]
+
+    objective.memory_bank = ProductMemoryBank(16, 32)
+    objective.memory_bank.push(products, batch["product_index"])  # same products: masked
+    with torch.no_grad():
+        same = objective(batch)["query_product"]
+    torch.testing.assert_close(same, base)
+    objective.memory_bank.push(products, batch["product_index"] + 100)  # twins under other ids
+    with torch.no_grad():
+        harder = objective(batch)["query_product"]
+    assert harder > base + 0.1
+    # Training steps push the batch's products; eval steps do not.
+    trained = MakeObjective(tiny_model(), ONLY_QUERY_PRODUCT, memory_bank_size=8)
+    trained.model.eval()
+    trained(batch)
+    assert len(trained.memory_bank) == 0
+    trained.model.train()
+    trained(batch)["loss"].backward()
+    assert len(trained.memory_bank) == 6
+    assert not any(k.startswith("memory_bank") for k in trained.model.state_dict())
