@@ -28,6 +28,29 @@ class ImageError(ValueError):
         super().__init__(f"{ref}: {reason}{': ' + detail if detail else ''}")
 
 
+def resolve_image_path(ref: str, roots: list[Path]) -> Path:
+    """The file a catalog's image path names, or :class:`ImageError` if it lies outside ``roots``.
+
+    A relative path is taken from ``roots[0]`` (the catalog's folder). ``..`` and
+    symlinks are resolved before the check, so neither ``/etc/passwd``,
+    ``../../etc/hostname`` nor a link to them gets through. ``roots`` must be
+    resolved folders (absolute, no symlinks).
+    """
+    try:
+        path = (roots[0] / ref).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # NUL byte, name too long, symlink loop
+        raise ImageError(ref, "not a usable path", str(exc)) from exc
+    if not any(path.is_relative_to(root) for root in roots):
+        allowed = " or ".join(str(root) for root in roots)
+        raise ImageError(
+            ref,
+            "image outside the allowed folders",
+            f"it resolves to {path}, not inside {allowed} "
+            "(allow another folder with --image-root or data.image_root)",
+        )
+    return path
+
+
 def describe(ref: str | bytes | None) -> str:
     if isinstance(ref, (bytes, bytearray)):
         return f"<{len(ref)} image bytes>"

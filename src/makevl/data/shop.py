@@ -92,18 +92,22 @@ class Shop:
         return QuerySet(queries, {f"q{i}": dict(qrels[t]) for i, t in enumerate(texts)}, pool)
 
 
-def read_catalog(path: str | Path, columns=None) -> tuple[list[Product], list[RowError]]:
+def read_catalog(
+    path: str | Path, columns=None, encoding: str = "utf-8", image_root: str | None = None
+) -> tuple[list[Product], list[RowError]]:
     products: list[Product] = []
     errors: list[RowError] = []
-    for item in iter_catalog(path, columns):
+    for item in iter_catalog(path, columns, encoding, image_root):
         (errors if isinstance(item, RowError) else products).append(item)
     return products, errors
 
 
-def read_queries(path: str | Path, columns=None) -> tuple[list[QueryRecord], list[RowError]]:
+def read_queries(
+    path: str | Path, columns=None, encoding: str = "utf-8"
+) -> tuple[list[QueryRecord], list[RowError]]:
     records: list[QueryRecord] = []
     errors: list[RowError] = []
-    for item in iter_queries(path, columns):
+    for item in iter_queries(path, columns, encoding):
         (errors if isinstance(item, RowError) else records).append(item)
     return records, errors
 
@@ -134,10 +138,9 @@ def load_shop(cfg: DataConfig) -> Shop:
                 raise ValueError("data.preset=custom needs data.catalog and data.queries")
             catalog, queries_path = Path(cfg.catalog), Path(cfg.queries)
             name = catalog.stem
-        products, errors = read_catalog(catalog, cfg.columns if cfg.preset == "custom" else None)
-        queries, query_errors = read_queries(
-            queries_path, cfg.columns if cfg.preset == "custom" else None
-        )
+        columns = cfg.columns if cfg.preset == "custom" else None
+        products, errors = read_catalog(catalog, columns, cfg.encoding, cfg.image_root)
+        queries, query_errors = read_queries(queries_path, columns, cfg.encoding)
         errors += query_errors
     if cfg.sparse_titles:
         from makevl.data.text import strip_colour_words
