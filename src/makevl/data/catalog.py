@@ -20,6 +20,7 @@ import codecs
 import csv
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ MAX_QUOTED_LINES = 20
 MAX_QUOTED_CHARS = 10_000
 # Bytes the declared encoding cannot decode, as ``errors="surrogateescape"`` keeps them.
 UNDECODABLE = re.compile("[\udc80-\udcff]")
+ENCODING_HINT = "declare the file's encoding with --encoding or data.encoding"
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -121,17 +123,22 @@ def iter_rows(
     if not path.is_file():
         raise CatalogError(f"file not found: {path}")
     try:
-        codec = codecs.lookup(encoding).name
+        codecs.lookup(encoding)
     except LookupError:
         raise CatalogError(f"{path}: unknown text encoding {encoding!r}") from None
-    if codec == "utf-8":
-        encoding = "utf-8-sig"  # also reads the byte-order mark spreadsheet programs write
     if fmt == "csv":
         yield from _iter_csv(path, encoding)
     elif fmt == "jsonl":
         yield from _iter_jsonl(path, encoding)
     else:
         yield from _iter_parquet(path)
+
+
+def _open_text(path: Path, encoding: str, newline: str | None = None) -> Any:
+    """Open a text file; bytes ``encoding`` cannot decode survive as :data:`UNDECODABLE`."""
+    if codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"  # also reads the byte-order mark spreadsheet programs write
+    return path.open(encoding=encoding, errors="surrogateescape", newline=newline)
 
 
 class _Lines:
@@ -154,7 +161,7 @@ class _Lines:
 
 def _iter_csv(path: Path, encoding: str) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open(newline="", encoding=encoding, errors="surrogateescape") as handle:
+    with _open_text(path, encoding, newline="") as handle:
         lines = _Lines(handle)
         reader = csv.reader(lines, delimiter=delimiter)
         try:
@@ -162,7 +169,7 @@ def _iter_csv(path: Path, encoding: str) -> Iterator[tuple[int, dict[str, Any] |
         except StopIteration:
             return
         if _undecodable(header):
-            raise CatalogError(f"{path}:1: the header is not valid {_name(encoding)}; {_ENCODING_HINT}")
+            raise CatalogError(f"{path}:1: the header is not valid {encoding}; {ENCODING_HINT}")
         header = [h.strip() for h in header]
         while True:
             line = reader.line_num + 1  # where the next record starts
@@ -223,7 +230,7 @@ def _check_multiline_record(
 def _runaway_message(field: str, reason: str) -> str:
     return (
         f"unclosed quote in field {field!r}: the quoted text runs on to {reason}, swallowing "
-        f"the rows in between; close the quote (a quote inside a quoted field is written \"\")"
+        'the rows in between; close the quote (a quote inside a quoted field is written "")'
     )
 
 
@@ -244,20 +251,13 @@ def _undecodable(values: list[str]) -> tuple[int, int] | None:
     return None
 
 
-_ENCODING_HINT = "declare the file's encoding with --encoding or data.encoding"
-
-
-def _name(encoding: str) -> str:
-    return "utf-8" if encoding == "utf-8-sig" else encoding
-
-
 def _encoding_error(path: Path, line: int, field: str, byte: int, encoding: str) -> RowError:
-    message = f"byte 0x{byte:02x} in field {field!r} is not valid {_name(encoding)}; {_ENCODING_HINT}"
+    message = f"byte 0x{byte:02x} in field {field!r} is not valid {encoding}; {ENCODING_HINT}"
     return RowError(str(path), line, message, field, kind="invalid_encoding")
 
 
 def _iter_jsonl(path: Path, encoding: str) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    with path.open(encoding=encoding, errors="surrogateescape") as handle:
+    with _open_text(path, encoding) as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -270,9 +270,9 @@ def _iter_jsonl(path: Path, encoding: str) -> Iterator[tuple[int, dict[str, Any]
                 yield line_no, RowError(str(path), line_no, "malformed row: not a JSON object")
                 continue
             if UNDECODABLE.search(line):
-                texts = [f"{key}{json.dumps(value, ensure_ascii=False)}" for key, value in row.items()]
-                index, byte = _undecodable(texts) or (0, 0)
-                yield line_no, _encoding_error(path, line_no, list(row)[index], byte, encoding)
+                fields = {key: json.dumps(value, ensure_ascii=False) for key, value in row.items()}
+                index, byte = _undecodable([k + v for k, v in fields.items()]) or (0, 0)
+                yield line_no, _encoding_error(path, line_no, list(fields)[index], byte, encoding)
                 continue
             yield line_no, row
 
@@ -300,7 +300,7 @@ def _text(value: Any) -> str:
 
 
 def row_to_product(
-    row: dict[str, Any], columns: ColumnMapping, source: str, line: int, image_roots: list[Path]
+    row: dict[str, Any], columns: ColumnMapping, source: str, line: int, image_roots: list[str]
 ) -> Product | RowError:
     """Map a raw row to a :class:`Product`. The title is kept as is (validation judges it).
 
@@ -325,7 +325,7 @@ def row_to_product(
             image = bytes(raw)
         elif _text(raw).strip():
             try:
-                image = str(resolve_image_path(_text(raw).strip(), image_roots))
+                image = resolve_image_path(_text(raw).strip(), image_roots)
             except ImageError as exc:
                 return RowError(source, line, str(exc), columns.image, kind="image_outside_root")
 
@@ -365,11 +365,11 @@ def iter_catalog(
     """
     columns = columns or ColumnMapping()
     path = Path(path)
-    roots = [path.resolve().parent]
+    roots = [os.path.dirname(os.path.realpath(path))]
     if image_root:
         if not Path(image_root).is_dir():
             raise CatalogError(f"image root is not a folder: {image_root}")
-        roots.append(Path(image_root).resolve())
+        roots.append(os.path.realpath(image_root))
     for line, row in iter_rows(path, encoding):
         if isinstance(row, RowError):
             yield row
