@@ -40,6 +40,10 @@ class DataConfig(_Section):
     catalog: str | None = None  # path to CSV / JSONL / Parquet; presets fill it in
     queries: str | None = None  # query log path (custom data)
     columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    encoding: str = "utf-8"  # text encoding of CSV/TSV/JSONL catalogs and query logs
+    # A folder outside the catalog's own that its image paths may point into; any
+    # other image path (absolute, "..", a symlink out) is a row error.
+    image_root: str | None = None
     demo_products: int = 2000
     split_seed: int = 0
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)

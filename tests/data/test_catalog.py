@@ -5,11 +5,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from data.bad_inputs import catalog_with_escaping_images, runaway_catalog
 from makevl.config import ColumnMapping
 from makevl.data.catalog import (
     CatalogError,
     Product,
     RowError,
+    RunawayQuoteError,
     iter_catalog,
     iter_queries,
     write_catalog_csv,
@@ -109,3 +111,111 @@ def test_write_catalog_round_trip(small_catalog: Path, tmp_path: Path):
     assert [(p.id, p.title, p.image, p.keywords, p.attributes) for p in again] == [
         (p.id, p.title, p.image, p.keywords, p.attributes) for p in products
     ]
+
+
+# --- image paths must stay inside the catalog's folder (or data.image_root) ---
+
+
+def test_image_paths_outside_the_catalog_folder_are_row_errors(tmp_path: Path):
+    catalog = catalog_with_escaping_images(tmp_path)
+    items = list(iter_catalog(catalog))
+    products = [i for i in items if isinstance(i, Product)]
+    errors = [i for i in items if isinstance(i, RowError)]
+    assert [p.id for p in products] == ["ok", "absolute_inside", "link_inside"]
+    assert all(p.image == str(catalog.parent.resolve() / "images" / "ok.png") for p in products)
+    assert [e.line for e in errors] == [5, 6, 7, 8, 9]
+    assert {(e.kind, e.field) for e in errors} == {("image_outside_root", "image")}
+    first = str(errors[0])
+    assert f"{catalog}:5 [image]" in first and "/etc/passwd" in first and "--image-root" in first
+
+
+def test_image_root_allows_one_more_folder(tmp_path: Path):
+    catalog = catalog_with_escaping_images(tmp_path)
+    items = list(iter_catalog(catalog, image_root=tmp_path / "elsewhere"))
+    refused = [i.line for i in items if isinstance(i, RowError)]
+    assert refused == [5, 6]  # /etc/passwd and ../../etc/hostname stay outside
+    assert load_image(items[-1].image).size == (32, 32)  # the symlink into the image root
+    with pytest.raises(CatalogError, match="image root is not a folder"):
+        list(iter_catalog(catalog, image_root=tmp_path / "nowhere"))
+
+
+def test_shop_loading_inherits_the_image_check(tmp_path: Path):
+    from makevl.config import DataConfig
+    from makevl.data.shop import load_shop
+
+    catalog = catalog_with_escaping_images(tmp_path)
+    (catalog.parent / "queries.csv").write_text("query,product_id\nred,ok\n")
+    shop = load_shop(DataConfig(preset="custom", catalog=str(catalog),
+                                queries=str(catalog.parent / "queries.csv")))
+    assert [p.id for p in shop.products] == ["ok", "absolute_inside", "link_inside"]
+    assert len(shop.errors) == 5
+
+
+# --- an unclosed CSV quote must not swallow rows silently ---
+
+
+@pytest.mark.parametrize(
+    "opened_at, closed_at, column, suffix",
+    [
+        (252, None, "title", ".csv"),  # runs to the end of the file
+        (252, None, "title", ".tsv"),
+        (499, None, "image", ".csv"),  # swallows only the last two rows
+        (252, 300, "title", ".csv"),  # closed by a later quote: one field too many
+        (252, 300, "image", ".csv"),  # closed in the last column: field count matches
+    ],
+)
+def test_unclosed_quote_that_swallows_rows_is_an_error_where_it_opened(
+    tmp_path: Path, opened_at, closed_at, column, suffix
+):
+    path = runaway_catalog(tmp_path, opened_at, closed_at=closed_at, column=column, suffix=suffix)
+    with pytest.raises(RunawayQuoteError, match=f"unclosed quote in field '{column}'") as caught:
+        list(iter_catalog(path))
+    assert caught.value.line == opened_at
+    assert str(caught.value).startswith(f"{path}:{opened_at}: ")
+
+
+def test_quoted_line_breaks_and_a_last_line_quote_stay_row_level(tmp_path: Path):
+    path = tmp_path / "c.csv"
+    path.write_text('id,title,image\np1,"Summer dress\nfloral, chiffon",\np2,Plain,\np3,"open,\n')
+    items = list(iter_catalog(path))
+    assert items[0].title == "Summer dress\nfloral, chiffon" and items[1].line == 4
+    assert isinstance(items[2], RowError) and items[2].line == 5
+    assert "unclosed quote" in items[2].message and items[2].field == "title"
+
+
+# --- bytes the declared encoding cannot decode are named, never replaced ---
+
+
+def test_non_utf8_bytes_are_a_row_error_naming_file_line_and_field(tmp_path: Path):
+    path = tmp_path / "c.csv"
+    path.write_bytes(b"id,title,image\np1,Caf\xe9 cr\xe8me,\np2,Plain shirt,\n")
+    bad, good = list(iter_catalog(path))
+    assert isinstance(bad, RowError) and (bad.kind, bad.line, bad.field) == (
+        "invalid_encoding", 2, "title")
+    assert str(bad).startswith(f"{path}:2 [title]: byte 0xe9") and "--encoding" in str(bad)
+    assert good.title == "Plain shirt"
+    first = next(iter_catalog(path, encoding="latin-1"))
+    assert first.title == "Café crème"
+
+
+def test_non_utf8_bytes_in_jsonl_and_query_log(tmp_path: Path):
+    catalog = tmp_path / "c.jsonl"
+    catalog.write_bytes(b'{"id": "p1", "title": "Caf\xe9", "image": ""}\n'
+                        b'{"id": "p2", "title": "Tea", "image": ""}\n')
+    bad, good = list(iter_catalog(catalog))
+    assert (bad.kind, bad.line, bad.field) == ("invalid_encoding", 1, "title") and good.id == "p2"
+    assert next(iter_catalog(catalog, encoding="cp1252")).title == "Café"
+    log = tmp_path / "q.csv"
+    log.write_bytes(b"query,product_id\ncaf\xe9 au lait,p1\ntea,p2\n")
+    bad, good = list(iter_queries(log))
+    assert isinstance(bad, RowError) and (bad.line, bad.field) == (2, "query")
+    assert good.query == "tea"
+    assert next(iter_queries(log, encoding="latin-1")).query == "café au lait"
+
+
+def test_byte_order_mark_and_unknown_encoding(tmp_path: Path):
+    path = tmp_path / "c.csv"
+    path.write_bytes(b"\xef\xbb\xbfid,title,image\np1,Shirt,\n")
+    assert next(iter_catalog(path)).id == "p1"
+    with pytest.raises(CatalogError, match="unknown text encoding 'klingon'"):
+        list(iter_catalog(path, encoding="klingon"))

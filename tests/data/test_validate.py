@@ -2,6 +2,7 @@ import csv
 import json
 from pathlib import Path
 
+from data.bad_inputs import catalog_with_escaping_images, runaway_catalog
 from helpers import write_image
 from makevl.cli import main
 from makevl.data.validate import validate
@@ -88,3 +89,29 @@ def test_cli_exit_codes_and_json(tmp_path: Path, small_catalog: Path, capsys):
     text = capsys.readouterr().out
     assert "NOT USABLE" in text and "duplicate" in text
     assert main(["data", "validate", str(tmp_path / "nope.csv")]) == 2
+
+
+def test_runaway_quote_makes_validate_fail_at_its_line(tmp_path: Path, capsys):
+    """The review's case: an unclosed quote at line 252 of 500 rows used to validate as OK."""
+    catalog = runaway_catalog(tmp_path, opened_at=252)
+    assert main(["data", "validate", str(catalog), "--no-images"]) == 1
+    text = capsys.readouterr().out
+    assert "NOT USABLE" in text and f"{catalog}:252: unclosed quote in field 'title'" in text
+    assert main(["data", "validate", str(catalog), "--no-images", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert not out["ok"] and out["counts"]["runaway_quote"] == 1
+    assert out["examples"]["runaway_quote"][0]["where"] == f"{catalog}:252"
+
+
+def test_validate_names_escaping_images_and_undecodable_bytes(tmp_path: Path, capsys):
+    catalog = catalog_with_escaping_images(tmp_path)
+    with catalog.open("ab") as handle:
+        handle.write(b"latin,Caf\xe9 cr\xe8me,images/ok.png\n")
+    report = validate(catalog, max_bad_fraction=0.9)
+    assert report.rows == 9 and report.usable_products == 3
+    assert report.counts["image_outside_root"] == 5 and report.counts["invalid_encoding"] == 1
+    bad_bytes = report.examples["invalid_encoding"][0]
+    assert (bad_bytes.where, bad_bytes.field) == (f"{catalog}:10", "title")
+    assert main(["data", "validate", str(catalog), "--encoding", "latin-1",
+                 "--image-root", str(tmp_path / "elsewhere"), "--max-bad-fraction", "0.3"]) == 0
+    assert "image_outside_root: 2" in capsys.readouterr().out  # /etc/passwd, ../../etc/hostname

@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="column mapping of a known dataset")
     p.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
                    help="map a field to your column name, e.g. title=productDisplayName")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of the catalog and log")
+    p.add_argument("--image-root", help="a folder outside the catalog's that images may be in")
     p.add_argument("--max-title-chars", type=int, default=512)
     p.add_argument("--max-bad-fraction", type=float, default=0.05)
     p.add_argument("--no-images", action="store_true", help="skip decoding images")
@@ -58,6 +60,8 @@ def validate_command(args: argparse.Namespace) -> int:
             check_images=not args.no_images,
             workers=args.workers,
             required_fields=columns.attributes,
+            encoding=args.encoding,
+            image_root=args.image_root,
         )
     except (CatalogError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -80,6 +80,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="map a field to your column name, e.g. title=productDisplayName; repeat; "
         "an empty COLUMN marks the field absent",
     )
+    p.add_argument("--encoding", default="utf-8", help="text encoding of a CSV/JSONL catalog")
+    p.add_argument("--image-root", help="a folder outside the catalog's that images may be in")
     p.add_argument("--batch-size", type=int, default=64, help="products per encoder batch")
     p.add_argument("--limit", type=int, help="index only the first N catalog rows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -97,11 +99,11 @@ def _columns_of_config(config: dict[str, Any] | None) -> ColumnMapping:
     return get_preset(data.get("preset", "custom")).columns
 
 
-def _catalog_rows(path: str, columns: ColumnMapping, limit: int | None):
+def _catalog_rows(path: str, columns: ColumnMapping, args: argparse.Namespace):
     from makevl.data.catalog import iter_catalog
 
-    rows = iter_catalog(path, columns)
-    return itertools.islice(rows, limit) if limit else rows
+    rows = iter_catalog(path, columns, args.encoding, args.image_root)
+    return itertools.islice(rows, args.limit) if args.limit else rows
 
 
 def _catalog_size(path: str, limit: int | None) -> int | None:
@@ -132,7 +134,7 @@ def build_command(args: argparse.Namespace) -> int:
             spec, model_hash, config = encoder.spec, encoder.model_hash, None
         columns = catalog_columns(args, _columns_of_config(config))
         if args.catalog:
-            catalog = _catalog_rows(args.catalog, columns, args.limit)
+            catalog = _catalog_rows(args.catalog, columns, args)
             total = _catalog_size(args.catalog, args.limit)
         elif config is not None:
             from makevl.config import DataConfig
@@ -191,7 +193,7 @@ def add_command(args: argparse.Namespace) -> int:
             encoder, _spec, model_hash, _config = load_checkpoint_encoder(args.checkpoint)
         report = update_index(
             args.index_dir,
-            add=_catalog_rows(args.catalog, columns, args.limit),
+            add=_catalog_rows(args.catalog, columns, args),
             encoder=encoder,
             model_hash=model_hash,
             batch_size=args.batch_size,

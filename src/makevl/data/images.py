@@ -9,6 +9,7 @@ modes (grayscale, RGBA, CMYK, palette, 16-bit) to RGB. Failures raise
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 from PIL import Image, ImageFile
@@ -26,6 +27,28 @@ class ImageError(ValueError):
         self.ref = ref
         self.reason = reason
         super().__init__(f"{ref}: {reason}{': ' + detail if detail else ''}")
+
+
+def resolve_image_path(ref: str, roots: list[str]) -> str:
+    """The file a catalog's image path names, or :class:`ImageError` if it lies outside ``roots``.
+
+    A relative path is taken from ``roots[0]`` (the catalog's folder). ``..`` and
+    symlinks are resolved before the check, so neither ``/etc/passwd``,
+    ``../../etc/hostname`` nor a link to them gets through. ``roots`` must be
+    resolved folders (``os.path.realpath``).
+    """
+    try:
+        path = os.path.realpath(os.path.join(roots[0], ref))
+    except (OSError, ValueError) as exc:  # e.g. a NUL byte in the path
+        raise ImageError(ref, "not a usable path", str(exc)) from exc
+    if not any(path.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+        raise ImageError(
+            ref,
+            "image outside the allowed folders",
+            f"it resolves to {path}, not inside {' or '.join(roots)} "
+            "(allow another folder with --image-root or data.image_root)",
+        )
+    return path
 
 
 def describe(ref: str | bytes | None) -> str:

@@ -45,18 +45,22 @@ def default_demo_dir() -> Path:
     return Path("runs") / "demo-data"
 
 
-def read_catalog(path: str | Path, columns=None) -> tuple[list[Product], list[RowError]]:
+def read_catalog(
+    path: str | Path, columns=None, encoding: str = "utf-8", image_root: str | None = None
+) -> tuple[list[Product], list[RowError]]:
     products: list[Product] = []
     errors: list[RowError] = []
-    for item in iter_catalog(path, columns):
+    for item in iter_catalog(path, columns, encoding, image_root):
         (errors if isinstance(item, RowError) else products).append(item)
     return products, errors
 
 
-def read_queries(path: str | Path, columns=None) -> tuple[list[QueryRecord], list[RowError]]:
+def read_queries(
+    path: str | Path, columns=None, encoding: str = "utf-8"
+) -> tuple[list[QueryRecord], list[RowError]]:
     records: list[QueryRecord] = []
     errors: list[RowError] = []
-    for item in iter_queries(path, columns):
+    for item in iter_queries(path, columns, encoding):
         (errors if isinstance(item, RowError) else records).append(item)
     return records, errors
 
@@ -91,8 +95,8 @@ def _load_demo(cfg: DataConfig) -> LoadedData:
 
             make_demo_shop(catalog.parent, n_products=cfg.demo_products, seed=cfg.split_seed)
     queries = Path(cfg.queries) if cfg.queries else catalog.parent / "queries.csv"
-    products, errors = read_catalog(catalog)
-    records, query_errors = read_queries(queries)
+    products, errors = read_catalog(catalog, None, cfg.encoding, cfg.image_root)
+    records, query_errors = read_queries(queries, None, cfg.encoding)
     return LoadedData("demo", products, records, errors + query_errors)
 
 
@@ -105,8 +109,8 @@ def _load_fashion_mini(cfg: DataConfig) -> LoadedData:
 def _load_custom(cfg: DataConfig) -> LoadedData:
     if not cfg.catalog or not cfg.queries:
         raise ValueError("data.preset=custom needs data.catalog and data.queries")
-    products, errors = read_catalog(cfg.catalog, cfg.columns)
-    queries, query_errors = read_queries(cfg.queries, cfg.columns)
+    products, errors = read_catalog(cfg.catalog, cfg.columns, cfg.encoding, cfg.image_root)
+    queries, query_errors = read_queries(cfg.queries, cfg.columns, cfg.encoding)
     return LoadedData(Path(cfg.catalog).stem, products, queries, errors + query_errors)
 
 

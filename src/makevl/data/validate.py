@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from makevl.config import ColumnMapping
-from makevl.data.catalog import Product, RowError, iter_catalog, iter_queries
+from makevl.data.catalog import Product, RowError, RunawayQuoteError, iter_catalog, iter_queries
 from makevl.data.images import ImageError, open_image
 
 MAX_EXAMPLES = 20
@@ -104,7 +104,10 @@ class ValidationReport:
 
 
 ALL_KINDS = (
+    "runaway_quote",
     "malformed_row",
+    "invalid_encoding",
+    "image_outside_root",
     "duplicate_id",
     "empty_title",
     "title_too_long",
@@ -158,11 +161,14 @@ def validate(
     check_images: bool = True,
     workers: int = 4,
     required_fields: list[str] | None = None,
+    encoding: str = "utf-8",
+    image_root: str | Path | None = None,
 ) -> ValidationReport:
     """Check a catalog (and optionally a query log) and return a report.
 
     ``required_fields`` are attribute columns whose emptiness is reported as
-    ``empty_fields`` (a warning: the product is still usable).
+    ``empty_fields`` (a warning: the product is still usable). An unclosed
+    quote that swallowed rows stops the catalog check and makes the data unusable.
     """
     report = ValidationReport(str(catalog), str(queries) if queries else None,
                               max_bad_fraction=max_bad_fraction)
@@ -170,13 +176,17 @@ def validate(
     bad_ids: set[str] = set()
 
     def product_stream():
-        for item in iter_catalog(catalog, columns):
-            report.rows += 1
-            if isinstance(item, RowError):
-                report.add(Issue("malformed_row", f"{item.source}:{item.line}", item.message,
-                                 field=item.field))
-                continue
-            yield item
+        try:
+            for item in iter_catalog(catalog, columns, encoding, image_root):
+                report.rows += 1
+                if isinstance(item, RowError):
+                    report.add(Issue(item.kind, f"{item.source}:{item.line}", item.message,
+                                     field=item.field))
+                    continue
+                yield item
+        except RunawayQuoteError as exc:
+            report.add(Issue("runaway_quote", f"{exc.source}:{exc.line}", exc.reason))
+            report.errors.append(str(exc))
 
     def check(product: Product) -> tuple[Product, list[Issue]]:
         return product, check_product(product, max_title_chars, check_images)
@@ -205,7 +215,7 @@ def validate(
     report.usable_products = sum(1 for pid in seen if pid not in bad_ids)
 
     if queries is not None:
-        for item in iter_queries(queries, columns):
+        for item in iter_queries(queries, columns, encoding):
             report.query_rows += 1
             if isinstance(item, RowError):
                 report.add(Issue("malformed_query_row", f"{item.source}:{item.line}", item.message,
