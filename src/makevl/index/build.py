@@ -134,6 +134,18 @@ def product_table(products: list[Product], alpha: np.ndarray, faiss_ids: np.ndar
     return pa.table(columns, schema=PRODUCT_SCHEMA)
 
 
+def catalog_folders(products: list[Product]) -> set[str]:
+    """The folders of the catalogs these products' image files belong to.
+
+    Recorded in the manifest as ``image_roots``: the server serves no image file outside them.
+    """
+    return {
+        str(Path(p.source).resolve().parent)
+        for p in products
+        if isinstance(p.image, str) and p.source
+    }
+
+
 def _encode_chunk(
     chunk: list[Product], encoder: Encoder, batch_size: int, report: BuildReport
 ) -> tuple[list[Product], np.ndarray, np.ndarray]:
@@ -229,6 +241,7 @@ def build_index(
     with writer_lock(index_dir):
         version = new_version(index_dir)
         writer, vector_chunks, next_id = None, [], 0
+        image_roots: set[str] = set()
         try:
             with tqdm(total=total, unit="product", desc="encoding", disable=not progress) as bar:
                 for products, vectors, alpha, read in encode_stream(
@@ -244,6 +257,7 @@ def build_index(
                     next_id += len(products)
                     writer.write_table(product_table(products, alpha, ids), row_group_size=1024)
                     vector_chunks.append(vectors)
+                    image_roots |= catalog_folders(products)
             if writer is None:
                 raise _no_products(report.skipped)
             writer.close()
@@ -266,6 +280,7 @@ def build_index(
                 "factory": factory,
                 "exact_threshold": exact_threshold,
                 "index_type": report.index_type,
+                "image_roots": sorted(image_roots),
                 "created": now,
                 "updated": now,
             }
@@ -362,6 +377,9 @@ def update_index(
                 count=len(vectors),
                 next_id=int(next_id + len(products)),
                 index_type=index_type,
+                image_roots=sorted(
+                    set(manifest.get("image_roots", [])) | catalog_folders(products)
+                ),
                 updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             )
             write_version(index_dir, version, manifest, index, vectors, new_table)
