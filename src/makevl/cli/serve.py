@@ -7,6 +7,15 @@ import sys
 
 from makevl.serving.limits import BODY_TIMEOUT_S, MAX_BODY_BYTES
 
+# Slow or idle clients (request bodies have their own limits, in the app): 5 s to send the
+# next request on a kept-alive connection, at most 16 KiB of request line and headers,
+# and shutdown within 10 s whatever the open connections do.
+UVICORN_LIMITS = {
+    "timeout_keep_alive": 5,
+    "h11_max_incomplete_event_size": 16 * 1024,
+    "timeout_graceful_shutdown": 10,
+}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the search API and web page")
@@ -66,16 +75,12 @@ def serve_command(args: argparse.Namespace) -> int:
         f"serving {len(searcher)} products from {args.index_dir} on http://{args.host}:{args.port}/",
         flush=True,
     )
-    # Slow or idle clients: bounded connections, 5 s to send the next request on a kept-alive
-    # connection, at most 16 KiB of request line and headers, and shutdown within 10 s.
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
         limit_concurrency=args.max_connections,
-        timeout_keep_alive=5,
-        h11_max_incomplete_event_size=16 * 1024,
-        timeout_graceful_shutdown=10,
+        **UVICORN_LIMITS,
     )
     return 0
