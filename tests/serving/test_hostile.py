@@ -22,9 +22,10 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from index.index_testing import build, write_catalog
+from index.index_testing import PRODUCTS, build, write_catalog
 from makevl.cli.serve import UVICORN_LIMITS
 from makevl.data.catalog import Product, iter_catalog
+from makevl.index.build import update_index
 from makevl.index.encoders import HashingEncoder
 from makevl.index.search import Searcher
 from makevl.serving.app import create_app
@@ -89,6 +90,20 @@ def test_image_outside_the_catalog_or_not_an_image_is_not_served(client, product
 def test_catalog_images_are_still_served(client):
     response = client.get("/products/p1/image")
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+
+
+def test_index_add_records_the_new_catalog_folder(tmp_path):
+    first = write_catalog(tmp_path / "first", PRODUCTS[:2])
+    second = write_catalog(tmp_path / "second", PRODUCTS[2:4])
+    build(tmp_path / "index", first)
+    update_index(
+        tmp_path / "index", add=iter_catalog(second), encoder=HashingEncoder(32), progress=False
+    )
+    roots = Searcher(tmp_path / "index").manifest["image_roots"]
+    assert roots == [str((tmp_path / "first").resolve()), str((tmp_path / "second").resolve())]
+    with TestClient(create_app(tmp_path / "index")) as c:
+        assert c.get("/products/p1/image").status_code == 200
+        assert c.get("/products/p3/image").status_code == 200
 
 
 def test_index_without_image_roots_serves_files_only_under_image_root(hostile_index):
@@ -322,7 +337,7 @@ def test_slow_body_gets_408_or_close(live_server):
 
 
 def test_declared_huge_body_gets_413_unread(live_server):
-    response = exchange(live_server, post(100 * 1024 * 1024), b"x" * 65536)
+    response = exchange(live_server, post(100 * 1024 * 1024))  # headers only: no body needed
     assert status_of(response) == 413, response[:200]
 
 

@@ -30,6 +30,8 @@ def _failures(event: events.ScenarioFinished) -> list[str]:
 
 
 def test_api_keeps_its_openapi_contract(served_index):
+    # The engine behind `schemathesis run`, over ASGI: every phase, one event stream. (Its
+    # pytest plugin cannot load a schema from a fixture under pytest 9.)
     config = schemathesis.Config.from_dict(CONFIG)
     schema = schemathesis.openapi.from_asgi(
         "/openapi.json", create_app(served_index), config=config

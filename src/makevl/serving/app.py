@@ -193,9 +193,7 @@ def create_app(
     catalog folders recorded in the index manifest at build time.
     """
     searcher = index if isinstance(index, Searcher) else Searcher(index, **searcher_options)
-    roots = image_roots(
-        [image_root] if image_root is not None else searcher.manifest.get("image_roots", [])
-    )
+    roots = image_roots(image_root or searcher.manifest.get("image_roots", []))
     if not roots:
         log.warning("%s records no image root: no image file will be served", searcher.index_dir)
     metrics = Metrics()

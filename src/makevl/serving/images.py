@@ -42,8 +42,10 @@ class ImageRefused(LookupError):
     """The stored image path may not be served; the message says why (for the server log)."""
 
 
-def image_roots(folders: Iterable[str | Path]) -> list[Path]:
+def image_roots(folders: str | Path | Iterable[str | Path]) -> list[Path]:
     """Resolved absolute roots; a relative one (never written by ``index build``) is dropped."""
+    if isinstance(folders, (str, Path)):
+        folders = [folders]
     return [Path(folder).resolve() for folder in folders if Path(folder).is_absolute()]
 
 
