@@ -19,8 +19,8 @@ from makevl.index.store import ModelMismatchError, read_manifest
 def save_tiny_checkpoint(directory, catalog, seed: int):
     from makevl.data.shop import read_catalog
     from makevl.keywords import build_vocabulary
-    from makevl.models.make import MakeModel
     from makevl.models.checkpoint import save_checkpoint
+    from makevl.models.make import MakeModel
 
     cfg = load_config(
         None,

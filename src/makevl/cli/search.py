@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def search_command(args: argparse.Namespace) -> int:
+    from makevl.data.text import TextError, check_text
     from makevl.index.search import Searcher
 
     if args.k < 1:
@@ -28,6 +29,12 @@ def search_command(args: argparse.Namespace) -> int:
     queries = [q.strip() for q in args.queries]
     if not all(queries):
         print("error: empty query", file=sys.stderr)
+        return 2
+    try:  # a non-UTF-8 argument arrives with lone surrogates; no tokenizer takes those
+        for number, query in enumerate(queries, 1):
+            check_text(query, f"query {number}")
+    except TextError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         searcher = Searcher(args.index_dir, checkpoint=args.checkpoint)

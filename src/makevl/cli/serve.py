@@ -5,6 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from makevl.serving.limits import BODY_TIMEOUT_S, MAX_BODY_BYTES
+
+# Slow or idle clients (request bodies have their own limits, in the app): 5 s to send the
+# next request on a kept-alive connection, at most 16 KiB of request line and headers,
+# and shutdown within 10 s whatever the open connections do.
+UVICORN_LIMITS = {
+    "timeout_keep_alive": 5,
+    "h11_max_incomplete_event_size": 16 * 1024,
+    "timeout_graceful_shutdown": 10,
+}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the search API and web page")
@@ -13,6 +24,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
         "--checkpoint", help="encode queries with this checkpoint (must be the index's model)"
+    )
+    p.add_argument(
+        "--image-root",
+        help="serve image files only from under this folder (default: the catalog folders "
+        "recorded in the index; an index built before they were recorded needs this)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=128,
+        help="concurrent connections before new requests get 503 (default 128)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=BODY_TIMEOUT_S,
+        help=f"seconds a client has to send a request body, else 408 (default {BODY_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=MAX_BODY_BYTES,
+        help=f"largest request body, else 413 (default {MAX_BODY_BYTES})",
     )
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
@@ -31,9 +65,22 @@ def serve_command(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    app = create_app(
+        searcher,
+        image_root=args.image_root,
+        max_body_bytes=args.max_body_bytes,
+        body_timeout=args.body_timeout,
+    )
     print(
         f"serving {len(searcher)} products from {args.index_dir} on http://{args.host}:{args.port}/",
         flush=True,
     )
-    uvicorn.run(create_app(searcher), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        limit_concurrency=args.max_connections,
+        **UVICORN_LIMITS,
+    )
     return 0

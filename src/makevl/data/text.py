@@ -54,3 +54,24 @@ def bm25_tokens(text: str) -> list[str]:
     """Lower-case ``\\w+`` tokens, for the BM25 baseline: no stemming, no stop-words,
     possessive "s" kept ("Men's" -> men s), as the reported BM25 figures were made."""
     return _TOKEN_RE.findall(text.lower())
+
+
+class TextError(ValueError):
+    """A string that cannot go to a tokenizer (it is not valid UTF-8)."""
+
+
+def check_text(text: str, what: str = "text") -> str:
+    """Return ``text`` if it is valid UTF-8, else raise :class:`TextError` naming ``what``.
+
+    A Python str can hold lone surrogates (JSON ``"\\ud800"``, or a non-UTF-8
+    command-line argument decoded with ``surrogateescape``); tokenizers raise
+    TypeError on them, so the API and the CLI check every query first.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TextError(
+            f"{what} is not valid UTF-8: character {exc.start} is "
+            f"{text[exc.start]!r} (a lone surrogate)"
+        ) from None
+    return text

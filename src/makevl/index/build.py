@@ -88,6 +88,18 @@ def product_table(
     return pa.table(columns, schema=PRODUCT_SCHEMA)
 
 
+def catalog_folders(products: list[Product]) -> set[str]:
+    """The folders of the catalogs these products' image files belong to.
+
+    Recorded in the manifest as ``image_roots``: the server serves no image file outside them.
+    """
+    return {
+        str(Path(p.source).resolve().parent)
+        for p in products
+        if isinstance(p.image, str) and p.source
+    }
+
+
 def _encode_chunk(
     chunk: list[Product], encoder: Encoder, batch_size: int, report: BuildReport
 ) -> tuple[list[Product], np.ndarray, np.ndarray]:
@@ -185,6 +197,7 @@ def build_index(
     with writer_lock(index_dir):
         version = new_version(index_dir)
         writer, backend, chunks, next_id = None, None, [], 0
+        image_roots: set[str] = set()
         try:
             with tqdm(total=total, unit="product", desc="encoding", disable=not progress) as bar:
                 for products, chunk_vectors, weights, read in encode_stream(
@@ -201,6 +214,7 @@ def build_index(
                     next_id += len(products)
                     writer.write_table(product_table(products, weights, ids), row_group_size=1024)
                     chunks.append(chunk_vectors)
+                    image_roots |= catalog_folders(products)
             if writer is None:
                 raise _no_products(report.skipped)
             writer.close()
@@ -215,6 +229,7 @@ def build_index(
                 "columns": columns,
                 "next_id": next_id,
                 "metric": "inner_product",
+                "image_roots": sorted(image_roots),
                 "created": now,
                 "updated": now,
             }
@@ -284,6 +299,9 @@ def update_index(
             backend.upsert(added_ids, vectors_new)
             manifest.update(
                 next_id=int(next_id + len(products)),
+                image_roots=sorted(
+                    set(manifest.get("image_roots", [])) | catalog_folders(products)
+                ),
                 updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             )
             write_version(index_dir, version, manifest, backend, new_table)

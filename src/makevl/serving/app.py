@@ -4,13 +4,16 @@ Endpoints: ``GET /search?q=&k=``, ``POST /search`` (a batch), ``GET
 /products/{id}``, ``GET /products/{id}/image``, ``GET /healthz``, ``GET
 /metrics`` and the web page at ``/``. Every input is validated by pydantic
 with explicit limits; bad input gets a 422 whose ``detail`` says what is wrong,
-never a 500. Images are looked up by product id in the index, so no path a
-client sends is ever opened.
+never a 500, and every error answer is documented in ``/openapi.json``. Request
+bodies are capped in size and read time (:mod:`makevl.serving.limits`). Images
+are looked up by product id in the index, so no path a client sends is ever
+opened, and a stored path is served only if it lies in the catalog's image
+folder (:mod:`makevl.serving.images`).
 """
 
 from __future__ import annotations
 
-import mimetypes
+import logging
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,13 +21,20 @@ from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from makevl.data.text import TextError, check_text
 from makevl.index.search import Hit, Searcher
+from makevl.serving.images import MEDIA_TYPES, ImageRefused, image_roots, image_type, servable_image
+from makevl.serving.limits import BODY_TIMEOUT_S, MAX_BODY_BYTES, BodyLimits
 from makevl.serving.metrics import Metrics, MetricsMiddleware
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -32,22 +42,32 @@ MAX_QUERY_CHARS = 256
 MAX_K = 100
 MAX_BATCH = 64
 MAX_ID_CHARS = 512
+log = logging.getLogger("makevl.serving")
 
 
 def _clean_query(text: str) -> str:
-    text = text.strip()
-    if not text:
-        raise PydanticCustomError("query_empty", "query is empty")
+    """The checks the schema documents (length, not blank, UTF-8), with messages that say which."""
     if len(text) > MAX_QUERY_CHARS:
         raise PydanticCustomError(
             "query_too_long",
             "query is {length} characters long; the limit is {limit}",
             {"length": len(text), "limit": MAX_QUERY_CHARS},
         )
-    return text
+    text = text.strip()
+    if not text:
+        raise PydanticCustomError("query_empty", "query is empty")
+    try:
+        return check_text(text, "query")
+    except TextError as exc:
+        raise PydanticCustomError("query_not_utf8", str(exc)) from None
 
 
-QueryText = Annotated[str, AfterValidator(_clean_query)]
+# The schema says what _clean_query enforces: 1..MAX_QUERY_CHARS characters, not all blank.
+QueryText = Annotated[
+    str,
+    AfterValidator(_clean_query),
+    Field(json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS, "pattern": r"\S"}),
+]
 ProductId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_CHARS)]
 TopK = Annotated[int, Field(ge=1, le=MAX_K, description=f"results per query, 1..{MAX_K}")]
 
@@ -61,6 +81,33 @@ class BatchSearch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     queries: list[QueryText] = Field(min_length=1, max_length=MAX_BATCH)
     k: TopK = 10
+
+
+class Problem(BaseModel):
+    detail: str  # what is wrong, for a person
+
+
+class ProblemItem(BaseModel):
+    where: str  # e.g. "query parameter 'k'", "body.queries[1]"
+    msg: str
+
+
+class ValidationProblem(Problem):
+    errors: list[ProblemItem]
+
+
+def _documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route can answer."""
+    why = {
+        404: "no such product, or it has no image to serve",
+        408: "the request body did not arrive within the server's time limit",
+        413: "the request body is over the server's size limit",
+        422: "invalid parameters or body; `errors` lists each problem",
+    }
+    return {
+        s: {"model": ValidationProblem if s == 422 else Problem, "description": why[s]}
+        for s in statuses
+    }
 
 
 class ModalityWeights(BaseModel):
@@ -112,10 +159,15 @@ def _result(hit: Hit) -> dict[str, Any]:
     return {**_product(hit), "score": hit.score}
 
 
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates escaped, so a response can always be encoded as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _where(loc: tuple) -> str:
     if not loc:
         return "request"
-    kind, rest = loc[0], [str(part) for part in loc[1:]]
+    kind, rest = loc[0], [_printable(str(part)) for part in loc[1:]]
     if kind == "query":
         return f"query parameter {'.'.join(rest)!r}"
     if kind == "path":
@@ -125,26 +177,29 @@ def _where(loc: tuple) -> str:
     return ".".join([str(kind), *rest])
 
 
-_IMAGE_MAGIC = [
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"GIF8", "image/gif"),
-    (b"BM", "image/bmp"),
-]
+def _unprocessable(errors: list[dict[str, str]]) -> JSONResponse:
+    """422 with a :class:`ValidationProblem` body."""
+    detail = "; ".join(f"{e['where']}: {e['msg']}" for e in errors) or "invalid request"
+    return JSONResponse(status_code=422, content={"detail": detail, "errors": errors})
 
 
-def _image_type(data: bytes) -> str:
-    for magic, media_type in _IMAGE_MAGIC:
-        if data.startswith(magic):
-            return media_type
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "application/octet-stream"
+def create_app(
+    index: str | Path | Searcher,
+    *,
+    image_root: str | Path | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout: float = BODY_TIMEOUT_S,
+    **searcher_options: Any,
+) -> FastAPI:
+    """Build the app over an index directory (loaded here) or a ready :class:`Searcher`.
 
-
-def create_app(index: str | Path | Searcher, **searcher_options: Any) -> FastAPI:
-    """Build the app over an index directory (loaded here) or a ready :class:`Searcher`."""
+    Image files are served only from under ``image_root``, by default the
+    catalog folders recorded in the index manifest at build time.
+    """
     searcher = index if isinstance(index, Searcher) else Searcher(index, **searcher_options)
+    roots = image_roots(image_root or searcher.manifest.get("image_roots", []))
+    if not roots:
+        log.warning("%s records no image root: no image file will be served", searcher.index_dir)
     metrics = Metrics()
     app = FastAPI(
         title="makevl search",
@@ -155,18 +210,37 @@ def create_app(index: str | Path | Searcher, **searcher_options: Any) -> FastAPI
     app.state.metrics = metrics
     image_headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
 
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimits, max_bytes=max_body_bytes, timeout=body_timeout)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 408s and 413s too
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"where": _where(tuple(e.get("loc", ()))), "msg": str(e.get("msg", ""))}
+            {"where": _where(tuple(e.get("loc", ()))), "msg": _printable(str(e.get("msg", "")))}
             for e in exc.errors()
         ]
-        detail = "; ".join(f"{e['where']}: {e['msg']}" for e in errors) or "invalid request"
-        return JSONResponse(status_code=422, content={"detail": detail, "errors": errors})
+        return _unprocessable(errors)
 
-    @app.get("/search", response_model=SearchResponse)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers a body that json cannot even decode (not UTF-8, nested too deeply)
+        # with a bare 400; it is invalid input like any other, so it gets the documented 422.
+        if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
+            reason = (
+                "nested too deeply" if isinstance(exc.__cause__, RecursionError) else exc.__cause__
+            )
+            return _unprocessable([{"where": "body", "msg": f"not valid JSON: {reason}"}])
+        if exc.status_code == 405:  # Starlette's Allow names only the first route on the path
+            allowed = {
+                method
+                for route in app.routes
+                if isinstance(route, APIRoute) and route.matches(request.scope)[0] != Match.NONE
+                for method in route.methods
+            }
+            exc.headers = {"Allow": ", ".join(sorted(allowed))}
+        return await http_exception_handler(request, exc)
+
+    @app.get("/search", response_model=SearchResponse, responses=_documented(422))
     def search(params: Annotated[SearchParams, Query()]) -> dict[str, Any]:
         start = time.perf_counter()
         hits = searcher.search([params.q], k=params.k)[0]
@@ -177,7 +251,7 @@ def create_app(index: str | Path | Searcher, **searcher_options: Any) -> FastAPI
             "results": [_result(h) for h in hits],
         }
 
-    @app.post("/search", response_model=BatchResponse)
+    @app.post("/search", response_model=BatchResponse, responses=_documented(408, 413, 422))
     def search_batch(body: BatchSearch) -> dict[str, Any]:
         start = time.perf_counter()
         results = searcher.search(body.queries, k=body.k)
@@ -187,8 +261,18 @@ def create_app(index: str | Path | Searcher, **searcher_options: Any) -> FastAPI
             "results": [[_result(h) for h in hits] for hits in results],
         }
 
+    image_responses = {
+        200: {
+            "description": "the image (an embedded one of unknown type as octet-stream)",
+            "content": {t: {} for t in [*MEDIA_TYPES, "application/octet-stream"]},
+        },
+        **_documented(404, 422),
+    }
+
     # Ids may contain '/', hence the path converter; the image route must come first.
-    @app.get("/products/{product_id:path}/image", response_class=Response)
+    @app.get(
+        "/products/{product_id:path}/image", response_class=Response, responses=image_responses
+    )
     def product_image(product_id: ProductId) -> Response:
         image = searcher.image(product_id)  # looked up by id: only indexed catalog images
         if image is None:
@@ -200,18 +284,26 @@ def create_app(index: str | Path | Searcher, **searcher_options: Any) -> FastAPI
                 else f"no product {product_id!r} in the index",
             )
         if isinstance(image, bytes):
-            return Response(image, media_type=_image_type(image[:16]), headers=image_headers)
-        path = Path(image)
-        if not path.is_file():
+            media_type = image_type(image) or "application/octet-stream"
+            return Response(image, media_type=media_type, headers=image_headers)
+        try:
+            path, media_type = servable_image(image, roots)
+        except FileNotFoundError:
             raise HTTPException(
                 404, f"the image of product {product_id!r} is missing on the server"
-            )
-        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        if not media_type.startswith("image/") or media_type == "image/svg+xml":
-            media_type = "application/octet-stream"
+            ) from None
+        except ImageRefused as exc:
+            log.warning("not serving the image of product %r: %s", product_id, exc)
+            raise HTTPException(
+                404, f"the image of product {product_id!r} is not served (see the server log)"
+            ) from None
         return FileResponse(path, media_type=media_type, headers=image_headers)
 
-    @app.get("/products/{product_id:path}", response_model=ProductView)
+    @app.get(
+        "/products/{product_id:path}",
+        response_model=ProductView,
+        responses=_documented(404, 422),
+    )
     def product(product_id: ProductId) -> dict[str, Any]:
         hit = searcher.product(product_id)
         if hit is None:

@@ -1,9 +1,9 @@
 """Request counts and a latency histogram, rendered in Prometheus text format.
 
-Small enough to write by hand (no prometheus_client dependency). Routes are
-labelled by their template (``/products/{product_id}``), and requests that
-match no route share one label, so a scan of random URLs cannot blow up the
-number of series.
+Small enough to write by hand (no prometheus_client dependency). Every label
+takes a bounded set of values, so no client can blow up the number of series:
+routes are labelled by their template (``/products/{product_id}``), requests
+that match no route share one label, and so do unknown HTTP methods.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import time
 from collections import defaultdict
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+OTHER_METHOD = "other"  # any method string a client makes up
 
 
 def _label(value: str) -> str:
@@ -28,6 +30,7 @@ class Metrics:
         self.latency_count: dict[str, int] = defaultdict(int)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in METHODS else OTHER_METHOD
         with self._lock:
             self.requests[(method, route, status)] += 1
             counts = self.bucket_counts[route]
