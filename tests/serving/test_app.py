@@ -162,6 +162,21 @@ def test_unicode_queries_are_fine(client, query):
     assert response.json()["query"] == query.strip()
 
 
+@pytest.mark.parametrize("query", ["\x85", "\x1c", " \x1f "])
+def test_what_the_schema_calls_text_is_searched(client, query):
+    # The schema's pattern \S is an ECMAScript regex: NEL and the separators \x1c-\x1f
+    # are not white space there, so a query made of them is valid and must not get 422.
+    response = client.post("/search", json={"queries": [query]})
+    assert response.status_code == 200, response.json()
+
+
+@pytest.mark.parametrize("query", ["\u3000", " \u00a0\t", "\u2028"])
+def test_what_the_schema_calls_blank_is_refused(client, query):
+    response = client.post("/search", json={"queries": [query]})
+    assert response.status_code == 422
+    assert "empty" in response.json()["detail"]
+
+
 def test_fuzz_never_500(client):
     """A spread of odd requests: none may crash the server."""
     urls = [

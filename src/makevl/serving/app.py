@@ -43,6 +43,12 @@ MAX_K = 100
 MAX_BATCH = 64
 MAX_ID_CHARS = 512
 log = logging.getLogger("makevl.serving")
+# What the schema's pattern \S (an ECMAScript regex) calls white space; Python's
+# str.strip() also strips \x1c-\x1f and \x85, which the schema allows in a query.
+SCHEMA_BLANKS = (
+    "\t\n\v\f\r \u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff"
+    + "".join(chr(c) for c in range(0x2000, 0x200B))
+)
 
 
 def _clean_query(text: str) -> str:
@@ -53,7 +59,7 @@ def _clean_query(text: str) -> str:
             "query is {length} characters long; the limit is {limit}",
             {"length": len(text), "limit": MAX_QUERY_CHARS},
         )
-    text = text.strip()
+    text = text.strip(SCHEMA_BLANKS)
     if not text:
         raise PydanticCustomError("query_empty", "query is empty")
     try:
