@@ -57,10 +57,15 @@ class KeywordVocab:
     _by_first_word: dict[str, list[tuple[tuple[str, ...], str]]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    # keyword_key -> keyword, so "off-white" and "off white" are one keyword.
+    _by_key: dict[tuple[str, ...], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         for keyword in self.keywords:
             split = keyword_key(keyword)
+            self._by_key.setdefault(split, keyword)
             for key in {split, ("-".join(split),)}:  # "off white" and "off-white"
                 self._by_first_word.setdefault(key[0], []).append((key, keyword))
         for candidates in self._by_first_word.values():
@@ -80,6 +85,13 @@ class KeywordVocab:
 
     def ids_of(self, product_id: str) -> list[int]:
         return [self.index[k] for k in self.keywords_of(product_id)]
+
+    def match_product(self, product: Product, attribute_names: list[str]) -> list[str]:
+        """The vocabulary keywords a product carries: attribute values, title terms, its own list."""
+        found = attribute_values(product, attribute_names) + self.keywords_in_text(product.title)
+        found += [normalize_text(k) for k in product.keywords]
+        keys = (keyword_key(k) for k in found)
+        return list(dict.fromkeys(self._by_key[key] for key in keys if key in self._by_key))
 
     def keywords_in_text(self, text: str) -> list[str]:
         """Vocabulary keywords a query or title mentions, left to right.
@@ -149,6 +161,12 @@ def candidate_terms(words: list[str]) -> list[str]:
 
 def _is_mined_keyword(value: str) -> bool:
     return len(value) >= 2 and any(c.isalpha() for c in value) and value not in PLACEHOLDERS
+
+
+def attribute_values(product: Product, attribute_names: list[str]) -> list[str]:
+    """The product's normalized attribute values that can be keywords."""
+    values = (normalize_text(product.attributes.get(name, "")) for name in attribute_names)
+    return [v for v in values if _is_mined_keyword(v)]
 
 
 def _rank_title_terms(
@@ -228,11 +246,7 @@ def build_vocabulary(
             keywords.append(keyword)
             sources[keyword] = source
 
-    def product_attribute_values(product: Product) -> list[str]:
-        values = (normalize_text(product.attributes.get(name, "")) for name in attribute_names)
-        return [v for v in values if _is_mined_keyword(v)]
-
-    for value in sorted({v for p in products for v in product_attribute_values(p)}):
+    for value in sorted({v for p in products for v in attribute_values(p, attribute_names)}):
         add(value, "attribute")
     for keyword in extra_keywords or []:
         add(normalize_text(keyword), "user")
@@ -246,13 +260,6 @@ def build_vocabulary(
         add(term, "title")
 
     vocab = KeywordVocab(keywords, {k: i for i, k in enumerate(keywords)}, {}, sources)
-
-    def canonical(keyword: str) -> str:
-        return by_key[keyword_key(keyword)]
-
     for product in products:
-        found = product_attribute_values(product) + vocab.keywords_in_text(product.title)
-        found += [normalize_text(k) for k in product.keywords]
-        own = [canonical(k) for k in found if keyword_key(k) in by_key]
-        vocab.product_keywords[product.id] = list(dict.fromkeys(own))
+        vocab.product_keywords[product.id] = vocab.match_product(product, attribute_names)
     return vocab
