@@ -28,3 +28,33 @@ TINY_MODEL_OVERRIDES = [
     "model.fusion_layers=1",
     "model.fusion_heads=2",
 ]
+
+
+def write_pair_shop(folder: Path, train_products: int, queries_per_product: int = 2) -> Path:
+    """A CSV shop with exactly ``train_products * queries_per_product`` train pairs.
+
+    Val and test products (and their queries) come along, as the split puts
+    them. Returns the catalog; the query log is ``queries.csv`` beside it.
+    """
+    import csv
+
+    from makevl.data.shop import split_of
+
+    colours, kinds = ["red", "blue", "green", "black"], ["shirt", "shoes", "bag"]
+    write_image(folder / "images" / "product.png")
+    products, queries = [], []
+    while sum(split_of(row[0]) == "train" for row in products) < train_products:
+        n = len(products)
+        colour, kind = colours[n % 4], kinds[n % 3]
+        products.append((f"p{n:04d}", f"{colour} cotton {kind} model {n}", "images/product.png",
+                         kind, colour))  # fmt: skip
+        queries += [(f"{colour} {kind} {q}", f"p{n:04d}", 1) for q in range(queries_per_product)]
+    for name, header, rows in [
+        ("catalog.csv", ["id", "title", "image", "category", "colour"], products),
+        ("queries.csv", ["query", "product_id", "label"], queries),
+    ]:
+        with (folder / name).open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+    return folder / "catalog.csv"

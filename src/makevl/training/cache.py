@@ -133,7 +133,11 @@ class CachedFeatures:
         self.names = names  # stored array name -> batch key
 
     def __call__(self, row: int) -> dict[str, torch.Tensor]:
-        stored = self.cache.get(self.keys[row], tuple(self.names))
+        return self.lookup(self.keys[row])
+
+    def lookup(self, key: str) -> dict[str, torch.Tensor]:
+        """Features by cache key (:func:`image_key` / :func:`title_key`), for streamed products."""
+        stored = self.cache.get(key, tuple(self.names))
         return {self.names[name]: value for name, value in stored.items()}
 
 

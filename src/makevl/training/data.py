@@ -108,34 +108,56 @@ class PairDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any] | BadSample:
         query, row = self.pairs[i]
-        product = self.products[row]
         if row in self.known_bad:
             return self.known_bad[row]
-        if not product.title.strip():
-            return bad_sample(product, "empty title")
         # Seeded per (seed, epoch, sample): same pseudo-query on resume and on any rank.
         rng = random.Random(f"{self.seed}:{self.epoch}:{i}")
-        keywords = self.keyword_texts[row]
-        sample: dict[str, Any] = {
-            "query": query,
-            "title": product.title,
-            # A product without keywords gets its real query as pseudo-query.
-            "pseudo_query": sample_pseudo_query(keywords, rng) if keywords else query,
-            "product_index": row,
-            "keyword_ids": self.keyword_ids[row],
-        }
-        if self.image_features is not None:
-            sample.update(self.image_features(row))
-        else:
-            try:
-                sample["pixel_values"] = self.image_transform(load_image(product.image))
-            except ImageError as exc:
-                return bad_sample(product, exc.reason, str(exc))
-            except OSError as exc:  # decoding problems surfacing inside the transform
-                return bad_sample(product, "not a readable image", str(exc))
-        if self.title_features is not None:
-            sample.update(self.title_features(row))
-        return sample
+        return make_sample(
+            query, self.products[row], row, self.keyword_ids[row], self.keyword_texts[row], rng,
+            self.image_transform,
+            self.image_features(row) if self.image_features is not None else None,
+            self.title_features(row) if self.title_features is not None else None,
+        )  # fmt: skip
+
+
+def make_sample(
+    query: str,
+    product: Product,
+    product_index: int,
+    keyword_ids: list[int],
+    keywords: list[str],
+    rng: random.Random,
+    image_transform: Callable[[Any], torch.Tensor],
+    image_features: dict[str, torch.Tensor] | None = None,
+    title_features: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any] | BadSample:
+    """One training sample; the image is opened only when no cached features are given.
+
+    ``product_index`` identifies the product within the run (equal ids are not
+    each other's negatives).
+    """
+    if not product.title.strip():
+        return bad_sample(product, "empty title")
+    sample: dict[str, Any] = {
+        "query": query,
+        "title": product.title,
+        # A product without keywords gets its real query as pseudo-query.
+        "pseudo_query": sample_pseudo_query(keywords, rng) if keywords else query,
+        "product_index": product_index,
+        "keyword_ids": keyword_ids,
+    }
+    if image_features is not None:
+        sample.update(image_features)
+    else:
+        try:
+            sample["pixel_values"] = image_transform(load_image(product.image))
+        except ImageError as exc:
+            return bad_sample(product, exc.reason, str(exc))
+        except OSError as exc:  # decoding problems surfacing inside the transform
+            return bad_sample(product, "not a readable image", str(exc))
+    if title_features is not None:
+        sample.update(title_features)
+    return sample
 
 
 class Collator:
