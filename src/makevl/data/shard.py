@@ -211,7 +211,9 @@ class ShardManifest:
                 list(data["attribute_names"]), dict(data["skipped"]),
             )  # fmt: skip
         except FileNotFoundError:
-            raise ShardError(f"{path} not found: make the shards with `makevl data shard`") from None
+            raise ShardError(
+                f"{path} not found: make the shards with `makevl data shard`"
+            ) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise ShardError(f"{path}: not a pair-shard manifest: {exc}") from exc
         for index, shard in enumerate(manifest.shards):

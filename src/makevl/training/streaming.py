@@ -109,7 +109,9 @@ class StreamingPairDataset(IterableDataset):
         self.batches_per_epoch = batches_per_epoch(sum(self.rows), batch_size, world_size)
         self.set_position(0)
 
-    def set_position(self, epoch: int, start_batch: int = 0, num_batches: int | None = None) -> None:
+    def set_position(
+        self, epoch: int, start_batch: int = 0, num_batches: int | None = None
+    ) -> None:
         """Yield batches ``start_batch`` up to ``num_batches`` (default: all) of ``epoch``."""
         self.epoch, self.start_batch = epoch, start_batch
         self.num_batches = num_batches or self.batches_per_epoch
