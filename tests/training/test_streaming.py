@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from helpers import write_pair_shop
 from makevl.data.shard import ShardManifest, parquet_rows, shard_shop
 from makevl.keywords import KeywordVocab
-from makevl.training import streaming
+from makevl.training import data, streaming
+from makevl.training.checkpoint import load_trainer_state
 from makevl.training.streaming import StreamingPairDataset
+from makevl.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def to_tensor(image) -> torch.Tensor:
@@ -94,3 +104,116 @@ def test_a_worker_reads_only_the_shards_its_batches_touch(shards: Path, monkeypa
     dataset.set_position(0, start_batch=5)  # the last batch: the end of the last shard or two
     assert len(list(dataset)) == 1
     assert 1 <= sum(opened.values()) <= 2 < len(manifest.shards)
+
+
+# ------------------------------------------------------------------ through the trainer
+
+# Run under torchrun (or alone): records every batch a rank trains on, as pair ids,
+# one JSON line per batch in $PAIR_LOG.<rank>; with $KILL_AT_BATCH, the process
+# SIGKILLs itself when asked for that batch (1-based), as a crash would.
+RECORDING_SCRIPT = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from makevl.config import load_config
+    from makevl.training import data
+    from makevl.training.trainer import train
+
+    log = os.environ["PAIR_LOG"] + "." + os.environ.get("RANK", "0")
+    kill_at = int(os.environ.get("KILL_AT_BATCH", "0"))
+    collate, asked = data.Collator.__call__, [0]
+
+    def recording_collate(self, samples):
+        asked[0] += 1
+        if asked[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        with open(log, "a") as handle:
+            handle.write(json.dumps([s["pair"] for s in samples]) + "\\n")
+        return collate(self, samples)
+
+    data.Collator.__call__ = recording_collate
+    train(load_config(sys.argv[1], sys.argv[3:]), resume=sys.argv[2] == "resume")
+    """
+)
+
+
+def all_pairs(shards: Path) -> set[str]:
+    manifest = ShardManifest.load(shards)
+    return {f"{i}:{row}" for i, shard in enumerate(manifest.shards) for row in range(shard.rows)}
+
+
+def test_training_sees_every_pair_once_per_epoch(shards, tmp_path, tiny_config, monkeypatch):
+    trained: list[list[str]] = []
+    collate = data.Collator.__call__
+
+    def recording_collate(self, samples):
+        trained.append([s["pair"] for s in samples])
+        return collate(self, samples)
+
+    monkeypatch.setattr(data.Collator, "__call__", recording_collate)
+    catalog = shards.parent / "shop" / "catalog.csv"
+    cfg = tiny_config(catalog, tmp_path / "run", f"data.train_shards={shards}", "train.epochs=2")
+    result = train(cfg)
+    assert result.step == 12 and result.bad_samples == {}  # 48 pairs: 6 batches of 8 an epoch
+    epochs = [[p for batch in trained[:6] for p in batch], [p for b in trained[6:] for p in b]]
+    assert len(trained) == 12
+    for pairs in epochs:
+        assert len(pairs) == 48 and set(pairs) == all_pairs(shards)
+    assert epochs[0] != epochs[1]
+    assert result.last_recall is not None  # validated on the val products the shards set aside
+
+
+def test_streaming_resume_gives_identical_weights(shards, tmp_path, tiny_config):
+    settings = (f"data.train_shards={shards}", "data.num_workers=2", "train.grad_accum_steps=2",
+                "model.freeze_image=true", "train.max_steps=5", "train.epochs=2")  # fmt: skip
+    catalog = shards.parent / "shop" / "catalog.csv"
+    straight = train(tiny_config(catalog, tmp_path / "straight", *settings))
+    split = tiny_config(catalog, tmp_path / "split", *settings)
+    assert train(split, stop_after=2).step == 2  # mid-epoch: 3 steps of 2 batches an epoch
+    assert train(split, resume=True).step == straight.step == 5
+    a = load_file(tmp_path / "straight" / "last" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "last" / "model.safetensors")
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.mark.slow
+def test_two_ranks_see_every_pair_once_per_epoch_across_a_kill_and_resume(shards, tmp_path,
+                                                                         tiny_config):  # fmt: skip
+    script = tmp_path / "run_train.py"
+    script.write_text(RECORDING_SCRIPT)
+    catalog = shards.parent / "shop" / "catalog.csv"
+    cfg = tiny_config(catalog, tmp_path / "run", f"data.train_shards={shards}", "train.epochs=2",
+                      "train.batch_size=4", "train.eval_every=4", "model.freeze_image=true")  # fmt: skip
+    config_file = tmp_path / "config.yaml"
+    cfg.save(config_file)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "MAKEVL_CACHE_DIR": str(tmp_path / "cache"),
+    }
+
+    def torchrun(mode: str, log: str, **extra: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",  # a free port
+                   "--nproc_per_node=2", str(script), str(config_file), mode]  # fmt: skip
+        return subprocess.run(command, env={**env, "PAIR_LOG": str(tmp_path / log), **extra},
+                              check=False, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    # 48 pairs, global batch 8: 6 steps an epoch, checkpoints at steps 4, 8, 12.
+    killed = torchrun("start", "first", KILL_AT_BATCH="10")  # after step 9, in epoch 2
+    assert killed.returncode != 0
+    assert load_trainer_state(tmp_path / "run" / "last")["step"] == 8
+    resumed = torchrun("resume", "second")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert load_trainer_state(tmp_path / "run" / "last")["step"] == 12
+
+    batches = {}
+    for rank in (0, 1):
+        first = [json.loads(line) for line in (tmp_path / f"first.{rank}").read_text().splitlines()]
+        second = [json.loads(line) for line in (tmp_path / f"second.{rank}").read_text().splitlines()]
+        assert len(first) == 9 and len(second) == 4
+        assert second[0] == first[8]  # step 9 was lost with the kill and is redone
+        batches[rank] = first[:8] + second  # what the final weights were trained on
+    for epoch in (0, 1):
+        seen = [pair for rank in (0, 1) for batch in batches[rank][6 * epoch : 6 * epoch + 6]
+                for pair in batch]  # fmt: skip
+        assert len(seen) == 48 and set(seen) == all_pairs(shards)
