@@ -55,6 +55,9 @@ class DataConfig(_Section):
     max_query_tokens: int = Field(16, gt=0)
     max_title_tokens: int = Field(48, gt=0)
     num_workers: int = Field(0, ge=0)
+    # A `makevl data shard` folder: train on its pair shards, streamed, and validate on
+    # the val set it holds. None: the whole shop is loaded in memory.
+    train_shards: str | None = None
 
 
 class ModelConfig(_Section):

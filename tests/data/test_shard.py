@@ -15,7 +15,6 @@ from makevl.data.shard import (
     ShardError,
     ShardManifest,
     bucket_of,
-    load_val_set,
     parquet_rows,
     shard_shop,
 )
@@ -56,7 +55,7 @@ def test_every_train_pair_once_with_its_keywords_and_no_val_or_test_product(tmp_
         assert row["keywords"] == vocab.keywords_of(row["product_id"])
     assert all(row["image_path"].endswith("product.png") for _, row in rows)
 
-    val = load_val_set(tmp_path / "shards")
+    val = manifest.val_set()
     memory_val = shop.query_set("val")
     assert val.queries == memory_val.queries and val.qrels == memory_val.qrels
     assert [p.id for p in val.pool] == [p.id for p in memory_val.pool]

@@ -189,6 +189,19 @@ class ShardManifest:
     def path(self, shard: int) -> Path:
         return self.directory / self.shards[shard].file
 
+    @property
+    def keywords_file(self) -> Path:
+        return self.directory / KEYWORDS
+
+    def val_set(self) -> QuerySet:
+        """The val queries and product pool set aside beside the shards."""
+        products = [row_product(row) for row in parquet_rows(self.directory / VAL_PRODUCTS)]
+        records = [QueryRecord(row["query"], row["product_id"])
+                   for row in parquet_rows(self.directory / VAL_QUERIES)]  # fmt: skip
+        shop = Shop("val", products, records, [], self.split_seed, self.val_fraction,
+                    self.test_fraction)  # fmt: skip
+        return shop.query_set("val")
+
     def save(self) -> None:
         data = {"format": FORMAT, **asdict(self), "rows": self.rows}
         del data["directory"]
@@ -223,17 +236,6 @@ class ShardManifest:
             if verify and file_sha256(file) != shard.sha256:
                 raise ShardError(f"{file}: SHA-256 differs from {path}; the shard was changed")
         return manifest
-
-
-def load_val_set(directory: str | Path) -> QuerySet:
-    """The val queries and product pool the shard command set aside."""
-    manifest = ShardManifest.load(directory)
-    products = [row_product(row) for row in parquet_rows(manifest.directory / VAL_PRODUCTS)]
-    records = [QueryRecord(row["query"], row["product_id"])
-               for row in parquet_rows(manifest.directory / VAL_QUERIES)]  # fmt: skip
-    shop = Shop("val", products, records, [], manifest.split_seed, manifest.val_fraction,
-                manifest.test_fraction)  # fmt: skip
-    return shop.query_set("val")
 
 
 # ----------------------------------------------------------------------- the command

@@ -46,8 +46,9 @@ import torch
 from torch import nn
 from torch.utils.data import IterableDataset, get_worker_info
 
+from makevl.config import DataConfig
 from makevl.data.catalog import Product
-from makevl.data.shard import ShardManifest, row_product
+from makevl.data.shard import ShardError, ShardManifest, row_product
 from makevl.training.cache import (
     CachedFeatures,
     FeatureCache,
@@ -66,6 +67,22 @@ def product_index(product_id: str) -> int:
     """A run-wide integer id for a product (the loss's "same product" test), >= 0."""
     digest = hashlib.blake2b(product_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
+
+
+def open_train_shards(cfg: DataConfig) -> ShardManifest:
+    """The manifest of ``data.train_shards``, checked against the run's data settings."""
+    manifest = ShardManifest.load(cfg.train_shards)
+    made = (manifest.split_seed, manifest.val_fraction, manifest.test_fraction)
+    wanted = (cfg.split_seed, cfg.val_fraction, cfg.test_fraction)
+    if made != wanted:
+        raise ShardError(
+            f"{cfg.train_shards}: the shards were split with (seed, val, test) = {made}, the run "
+            f"config says {wanted} (data.split_seed, data.val_fraction, data.test_fraction); "
+            "change those or re-shard with --split-seed/--val-fraction/--test-fraction"
+        )
+    if cfg.sparse_titles:
+        raise ShardError("data.sparse_titles does not apply to data.train_shards (not supported)")
+    return manifest
 
 
 def read_shard(path: Path) -> list[dict[str, Any]]:
@@ -115,9 +132,6 @@ class StreamingPairDataset(IterableDataset):
         """Yield batches ``start_batch`` up to ``num_batches`` (default: all) of ``epoch``."""
         self.epoch, self.start_batch = epoch, start_batch
         self.num_batches = num_batches or self.batches_per_epoch
-
-    def __len__(self) -> int:
-        return max(0, self.num_batches - self.start_batch)
 
     # -------------------------------------------------------------------- the order
 

@@ -57,6 +57,7 @@ from makevl.training.data import (
     batches_per_epoch,
     training_pairs,
 )
+from makevl.training.streaming import StreamingPairDataset, fill_feature_caches, open_train_shards
 
 log = logging.getLogger(__name__)
 
@@ -263,22 +264,10 @@ class Trainer:
             print(f"makevl train: run config\n{cfg.to_yaml()}", flush=True)
             self.out_dir.mkdir(parents=True, exist_ok=True)
 
-        with dist_utils.main_rank_first(info):  # the demo preset may have to be generated
-            shop = load_shop(cfg.data)
-        for error in shop.errors[:5]:
-            log.warning("skipped while loading: %s", error)
-        if len(shop.errors) > 5:
-            log.warning("... %d rows skipped while loading %s in all", len(shop.errors), shop.name)
-        self.products = shop.products_in("train")
-        records = shop.queries_in("train")
-        self.val_set = shop.query_set("val")
-        if state is not None:
-            self.vocab = KeywordVocab.load(self.resume_dir / KEYWORDS)
+        if cfg.data.train_shards:
+            self._open_shards(state)
         else:
-            self.vocab = build_vocabulary(self.products, records)
-        self.pairs = training_pairs(self.products, records)
-        if not self.pairs:
-            raise TrainingError(f"{shop.name}: no (query, product) pairs in the train split")
+            self._load_shop(state)
 
         # Model: identical initial weights on every rank, then per-rank RNG streams.
         seed_everything(cfg.train.seed)
@@ -304,7 +293,7 @@ class Trainer:
         # Schedule.
         t = cfg.train
         self.accum = t.grad_accum_steps
-        batches = batches_per_epoch(len(self.dataset), t.batch_size, info.world_size)
+        batches = batches_per_epoch(self.num_pairs, t.batch_size, info.world_size)
         if batches < self.accum:
             raise TrainingError(
                 f"an epoch holds {batches} batches, fewer than train.grad_accum_steps="
@@ -367,8 +356,40 @@ class Trainer:
             )
         return state
 
-    def _build_dataset(self) -> PairDataset:
+    def _load_shop(self, state: dict[str, Any] | None) -> None:
+        """The whole shop in memory: train products, pairs, val set, vocabulary."""
+        with dist_utils.main_rank_first(self.info):  # the demo preset may have to be generated
+            shop = load_shop(self.cfg.data)
+        for error in shop.errors[:5]:
+            log.warning("skipped while loading: %s", error)
+        if len(shop.errors) > 5:
+            log.warning("... %d rows skipped while loading %s in all", len(shop.errors), shop.name)
+        self.products = shop.products_in("train")
+        records = shop.queries_in("train")
+        self.val_set = shop.query_set("val")
+        if state is not None:
+            self.vocab = KeywordVocab.load(self.resume_dir / KEYWORDS)
+        else:
+            self.vocab = build_vocabulary(self.products, records)
+        self.pairs = training_pairs(self.products, records)
+        if not self.pairs:
+            raise TrainingError(f"{shop.name}: no (query, product) pairs in the train split")
+        self.num_pairs = len(self.pairs)
+
+    def _open_shards(self, state: dict[str, Any] | None) -> None:
+        """Pair shards streamed from disk: only their manifest, vocabulary and val set here."""
+        self.shards = open_train_shards(self.cfg.data)
+        self.val_set = self.shards.val_set()
+        saved = self.resume_dir / KEYWORDS if state is not None else self.shards.keywords_file
+        self.vocab = KeywordVocab.load(saved)
+        self.num_pairs = self.shards.rows
+
+    def _build_dataset(self) -> PairDataset | StreamingPairDataset:
         cfg, model, info = self.cfg, self.model, self.info
+        image_settings = ("image", cfg.model.image_backbone, cfg.data.image_size)
+        title_settings = ("title", cfg.model.text_backbone, cfg.data.max_title_tokens)
+        if cfg.data.train_shards:
+            return self._build_stream(image_settings, title_settings)
         product_ids = [p.id for p in self.products]
         image_features = title_features = None
         known_bad: dict[int, BadSample] = {}
@@ -376,16 +397,14 @@ class Trainer:
             cache_root = default_cache_root(cfg.train.out_dir)
             with dist_utils.main_rank_first(info):  # rank 0 fills the cache, the others reuse it
                 if cfg.model.freeze_image:
-                    settings = ("image", cfg.model.image_backbone, cfg.data.image_size)
                     image_features, known_bad, _ = cache_image_features(
                         model.image_encoder, self.encoder.image_transform, self.products,
-                        cache_root, settings, self.device,
+                        cache_root, image_settings, self.device,
                     )  # fmt: skip
                 if cfg.model.freeze_text:
-                    settings = ("title", cfg.model.text_backbone, cfg.data.max_title_tokens)
                     title_features, _ = cache_title_features(
                         model.title_encoder, self.encoder.tokenize_titles, self.products,
-                        cache_root, settings, cfg.data.max_title_tokens, self.device,
+                        cache_root, title_settings, cfg.data.max_title_tokens, self.device,
                     )  # fmt: skip
         return PairDataset(
             self.pairs,
@@ -398,6 +417,23 @@ class Trainer:
             title_features=title_features,
             known_bad=known_bad,
         )
+
+    def _build_stream(self, image_settings: tuple, title_settings: tuple) -> StreamingPairDataset:
+        cfg, model, info = self.cfg, self.model, self.info
+        image = title = None
+        if cfg.train.cache_frozen_features and (cfg.model.freeze_image or cfg.model.freeze_text):
+            with dist_utils.main_rank_first(info):  # rank 0 fills the cache, the others reuse it
+                image, title = fill_feature_caches(
+                    self.shards, default_cache_root(cfg.train.out_dir), self.device,
+                    image=(model.image_encoder, self.encoder.image_transform, image_settings)
+                    if cfg.model.freeze_image else None,
+                    title=(model.title_encoder, self.encoder.tokenize_titles, title_settings,
+                           cfg.data.max_title_tokens) if cfg.model.freeze_text else None,
+                )  # fmt: skip
+        return StreamingPairDataset(
+            self.shards, self.vocab.index, self.encoder.image_transform, cfg.train.batch_size,
+            cfg.train.seed, info.rank, info.world_size, image, title,
+        )  # fmt: skip
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -502,22 +538,24 @@ class Trainer:
 
     def _loader(self) -> DataLoader:
         t = self.cfg.train
+        num_batches = self.steps_per_epoch * self.accum  # whole optimizer steps only
+        settings: dict[str, Any] = {
+            "collate_fn": self.collator,
+            "num_workers": self.cfg.data.num_workers,
+            "pin_memory": self.device.type == "cuda",
+            # Workers' seeds come from here, not from the global RNG, so resuming
+            # mid-epoch leaves the training RNG stream exactly as it was.
+            "generator": torch.Generator().manual_seed(t.seed * 100_003 + self.epoch),
+        }
+        if isinstance(self.dataset, StreamingPairDataset):
+            self.dataset.set_position(self.epoch, self.batch_in_epoch, num_batches)
+            return DataLoader(self.dataset, batch_size=None, **settings)
         self.dataset.set_epoch(self.epoch)
         sampler = EpochBatchSampler(
             len(self.dataset), t.batch_size, t.seed, self.epoch, self.info.rank,
-            self.info.world_size, start_batch=self.batch_in_epoch,
-            num_batches=self.steps_per_epoch * self.accum,  # whole optimizer steps only
+            self.info.world_size, start_batch=self.batch_in_epoch, num_batches=num_batches,
         )  # fmt: skip
-        return DataLoader(
-            self.dataset,
-            batch_sampler=sampler,
-            collate_fn=self.collator,
-            num_workers=self.cfg.data.num_workers,
-            pin_memory=self.device.type == "cuda",
-            # Workers' seeds come from here, not from the global RNG, so resuming
-            # mid-epoch leaves the training RNG stream exactly as it was.
-            generator=torch.Generator().manual_seed(t.seed * 100_003 + self.epoch),
-        )
+        return DataLoader(self.dataset, batch_sampler=sampler, **settings)
 
     def _micro_step(self, inputs: dict[str, torch.Tensor], sync: bool) -> dict[str, float]:
         module = self.ddp or self.objective
