@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", nargs="+", required=True, help="query-log files or folders")
     p.add_argument("--out", required=True, help="new folder for the shards (data.train_shards)")
     p.add_argument("--shards", type=int, required=True, help="number of pair shards")
-    p.add_argument("--preset", choices=["demo", "fashion-mini", "custom"], default="custom",
+    p.add_argument("--preset", choices=list(PRESETS), default="custom",
                    help="column mapping of a known dataset")
     p.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
                    help="map a field to your column name, e.g. title=productDisplayName")
@@ -96,7 +96,8 @@ def shard_command(args: argparse.Namespace) -> int:
     try:
         manifest = shard_shop(
             args.catalog, args.queries, args.out, args.shards,
-            column_mapping(args.preset, args.column), args.split_seed, args.val_fraction,
+            column_mapping(args.column, get_preset(args.preset).columns), args.split_seed,
+            args.val_fraction,
             args.test_fraction, args.max_title_chars, args.check_images, args.vocab_products,
         )  # fmt: skip
     except (CatalogError, ShardError, ValueError) as exc:
