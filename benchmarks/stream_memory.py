@@ -149,8 +149,11 @@ def main() -> None:
             start = time.perf_counter()
             manifest = shard_shop([folder / "catalog.parquet"], [folder / "queries.parquet"],
                                   folder / "shards", shards, progress=lambda _: None)  # fmt: skip
-            print(f"{rows} rows: {manifest.rows} train pairs in {shards} shards, "
-                  f"sharded in {time.perf_counter() - start:.1f} s", flush=True)
+            print(
+                f"{rows} rows: {manifest.rows} train pairs in {shards} shards, "
+                f"sharded in {time.perf_counter() - start:.1f} s",
+                flush=True,
+            )
             results[rows] = {mode: child(mode, folder) for mode in ("streaming", "in memory")}
     small, large = min(results), max(results)
     print(f"\n{'catalog rows':>12} {'mode':<10} {'samples':>8} {'seconds':>8} "

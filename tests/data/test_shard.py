@@ -128,6 +128,9 @@ def test_manifest_catches_a_changed_shard_and_the_command_a_used_folder(tmp_path
     shard.write_bytes(shard.read_bytes() + b"x")
     with pytest.raises(ShardError, match="SHA-256"):
         ShardManifest.load(out, verify=True)
+    bad_column = cli_main(["data", "shard", str(catalog), "--queries", str(catalog),
+                           "--out", str(tmp_path / "other"), "--shards", "2", "--column", "c"])  # fmt: skip
+    assert bad_column == 2
     (out / "manifest.json").unlink()
     with pytest.raises(ShardError, match="makevl data shard"):
         ShardManifest.load(out)

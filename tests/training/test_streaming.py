@@ -16,11 +16,12 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from helpers import write_pair_shop
-from makevl.data.shard import ShardManifest, parquet_rows, shard_shop
+from makevl.config import DataConfig
+from makevl.data.shard import ShardError, ShardManifest, parquet_rows, shard_shop
 from makevl.keywords import KeywordVocab
 from makevl.training import data, streaming
 from makevl.training.checkpoint import load_trainer_state
-from makevl.training.streaming import StreamingPairDataset
+from makevl.training.streaming import StreamingPairDataset, open_train_shards
 from makevl.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,7 +210,9 @@ def test_two_ranks_see_every_pair_once_per_epoch_across_a_kill_and_resume(shards
     batches = {}
     for rank in (0, 1):
         first = [json.loads(line) for line in (tmp_path / f"first.{rank}").read_text().splitlines()]
-        second = [json.loads(line) for line in (tmp_path / f"second.{rank}").read_text().splitlines()]
+        second = [
+            json.loads(line) for line in (tmp_path / f"second.{rank}").read_text().splitlines()
+        ]
         assert len(first) == 9 and len(second) == 4
         assert second[0] == first[8]  # step 9 was lost with the kill and is redone
         batches[rank] = first[:8] + second  # what the final weights were trained on
@@ -217,3 +220,11 @@ def test_two_ranks_see_every_pair_once_per_epoch_across_a_kill_and_resume(shards
         seen = [pair for rank in (0, 1) for batch in batches[rank][6 * epoch : 6 * epoch + 6]
                 for pair in batch]  # fmt: skip
         assert len(seen) == 48 and set(seen) == all_pairs(shards)
+
+
+def test_shards_split_otherwise_than_the_run_are_refused(shards: Path):
+    assert open_train_shards(DataConfig(train_shards=str(shards))).rows == 48
+    with pytest.raises(ShardError, match="data.split_seed"):
+        open_train_shards(DataConfig(train_shards=str(shards), split_seed=3))
+    with pytest.raises(ShardError, match="sparse_titles"):
+        open_train_shards(DataConfig(train_shards=str(shards), sparse_titles=True))
