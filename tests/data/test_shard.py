@@ -11,6 +11,7 @@ import pytest
 from helpers import write_pair_shop
 from makevl.cli import main as cli_main
 from makevl.config import DataConfig
+from makevl.data.catalog import CatalogError
 from makevl.data.shard import (
     ShardError,
     ShardManifest,
@@ -65,7 +66,7 @@ def test_bad_rows_are_skipped_and_counted_per_shard(tmp_path: Path):
     catalog = write_pair_shop(tmp_path / "shop", train_products=12)
     rows = list(csv.reader(catalog.open()))
     train_ids = [r[0] for r in rows[1:] if split_of(r[0]) == "train"]
-    empty, missing, corrupt, duplicated = train_ids[:4]
+    empty, missing, corrupt, outside, duplicated = train_ids[:5]
     (catalog.parent / "images" / "corrupt.png").write_bytes(b"not a picture")
     for row in rows[1:]:
         if row[0] == empty:
@@ -74,6 +75,8 @@ def test_bad_rows_are_skipped_and_counted_per_shard(tmp_path: Path):
             row[2] = ""
         if row[0] == corrupt:
             row[2] = "images/corrupt.png"
+        if row[0] == outside:
+            row[2] = "../elsewhere.png"
     rows.append([duplicated, "another title", "images/product.png", "bag", "red"])
     rows.append(["too", "few fields"])
     with catalog.open("w", newline="") as handle:
@@ -86,11 +89,11 @@ def test_bad_rows_are_skipped_and_counted_per_shard(tmp_path: Path):
     assert skipped[bucket_of(missing, 3)].get("missing_image") == 1
     assert skipped[bucket_of(corrupt, 3)].get("unreadable_image") == 1
     assert skipped[bucket_of(duplicated, 3)].get("duplicate_id") == 1
-    assert sum(s.get("unknown_product", 0) for s in skipped.values()) == 6  # 2 queries each
-    assert manifest.skipped == {"malformed_row": 1}
+    assert sum(s.get("unknown_product", 0) for s in skipped.values()) == 8  # 2 queries each
+    assert manifest.skipped == {"malformed_row": 1, "image_outside_root": 1}
     kept = {row["product_id"] for _, row in shard_pairs(manifest)}
-    assert not {empty, missing, corrupt} & kept and duplicated in kept
-    assert manifest.rows == 2 * (12 - 3)
+    assert not {empty, missing, corrupt, outside} & kept and duplicated in kept
+    assert manifest.rows == 2 * (12 - 4)
     titles = {row["title"] for _, row in shard_pairs(manifest) if row["product_id"] == duplicated}
     assert titles != {"another title"}  # the first row of an id wins
 
@@ -134,3 +137,12 @@ def test_manifest_catches_a_changed_shard_and_the_command_a_used_folder(tmp_path
     (out / "manifest.json").unlink()
     with pytest.raises(ShardError, match="makevl data shard"):
         ShardManifest.load(out)
+
+
+def test_a_failed_run_leaves_no_half_written_folder(tmp_path: Path):
+    catalog = write_pair_shop(tmp_path / "shop", train_products=4)
+    queries = catalog.parent / "queries.csv"
+    queries.write_text(queries.read_text() + '"an unclosed quote,p0000,1\n' + "x,p0001,1\n" * 30)
+    with pytest.raises(CatalogError, match="unclosed quote"):
+        shard_shop([catalog], [queries], tmp_path / "shards", 2, progress=lambda _: None)
+    assert not (tmp_path / "shards").exists()

@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="column mapping of a known dataset")
     p.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
                    help="map a field to your column name, e.g. title=productDisplayName")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of the catalog and log")
+    p.add_argument("--image-root", help="a folder outside the catalog's that images may be in")
     p.add_argument("--split-seed", type=int, default=0, help="as data.split_seed")
     p.add_argument("--val-fraction", type=float, default=0.1, help="as data.val_fraction")
     p.add_argument("--test-fraction", type=float, default=0.2, help="as data.test_fraction")
@@ -96,9 +98,9 @@ def shard_command(args: argparse.Namespace) -> int:
     try:
         manifest = shard_shop(
             args.catalog, args.queries, args.out, args.shards,
-            column_mapping(args.column, get_preset(args.preset).columns), args.split_seed,
-            args.val_fraction,
-            args.test_fraction, args.max_title_chars, args.check_images, args.vocab_products,
+            column_mapping(args.column, get_preset(args.preset).columns), args.encoding,
+            args.image_root, args.split_seed, args.val_fraction, args.test_fraction,
+            args.max_title_chars, args.check_images, args.vocab_products,
         )  # fmt: skip
     except (CatalogError, ShardError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -267,6 +267,8 @@ def shard_shop(
     out_dir: str | Path,
     num_shards: int,
     columns: ColumnMapping | None = None,
+    encoding: str = "utf-8",
+    image_root: str | Path | None = None,
     split_seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
@@ -283,84 +285,117 @@ def shard_shop(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ShardError(f"{out} is not empty: choose a new folder for the shards")
-    buckets = out / ".buckets"
-    buckets.mkdir(parents=True)
-
-    def split(product_id: str) -> str:
-        return split_of(product_id, split_seed, val_fraction, test_fraction)
-
-    skipped: Counter[str] = Counter()
-    bucket_skipped = [Counter() for _ in range(num_shards)]
+    (out / ".buckets").mkdir(parents=True)
+    job = _ShardJob(out, num_shards, columns, encoding, image_root, split_seed, val_fraction,
+                    test_fraction, max_title_chars, check_images, progress)  # fmt: skip
     sample = _Sample(vocab_products, random.Random(seed))
-    product_files = [ParquetRows(buckets / f"products-{b}.parquet", PRODUCT_SCHEMA)
-                     for b in range(num_shards)]  # fmt: skip
-    val_products = ParquetRows(out / VAL_PRODUCTS, PRODUCT_SCHEMA)
-    for path in catalog_files:
-        for item in iter_catalog(path, columns):
-            if isinstance(item, RowError):
-                skipped["malformed_row"] += 1
-                continue
-            where = split(item.id)
-            if where == "val":
-                val_products.write(product_row(item))
-            elif where == "train":
-                bucket = bucket_of(item.id, num_shards)
-                issues = check_product(item, max_title_chars, decode_image=check_images)
-                bad = [i.kind for i in issues if i.kind in BAD_PRODUCT_KINDS]
-                if bad:
-                    bucket_skipped[bucket][bad[0]] += 1
-                    continue
-                product_files[bucket].write(product_row(item))
-                sample.offer(item)
-        progress(f"read {path}")
-    for writer in [*product_files, val_products]:
-        writer.close()
-
-    sample_ids = {p.id for p in sample.products}
-    sample_records: list[QueryRecord] = []
-    query_buckets = [ParquetRows(buckets / f"queries-{b}.parquet", QUERY_SCHEMA)
-                     for b in range(num_shards)]  # fmt: skip
-    val_queries = ParquetRows(out / VAL_QUERIES, QUERY_SCHEMA)
-    for path in query_files:
-        for record in iter_queries(path, columns):
-            if isinstance(record, RowError):
-                skipped["malformed_query_row"] += 1
-                continue
-            if record.label <= 0:
-                continue
-            row = {"query": record.query, "product_id": record.product_id}
-            where = split(record.product_id)
-            if where == "val":
-                val_queries.write(row)
-            elif where == "train":
-                query_buckets[bucket_of(record.product_id, num_shards)].write(row)
-                if record.product_id in sample_ids and len(sample_records) < 20 * vocab_products:
-                    sample_records.append(record)
-        progress(f"read {path}")
-    for writer in [*query_buckets, val_queries]:
-        writer.close()
-
-    unique = list({p.id: p for p in sample.products}.values())  # one row per duplicated id
-    attribute_names = sorted({name for p in unique for name in p.attributes})
-    vocab = build_vocabulary(unique, sample_records, attribute_names=attribute_names)
-    KeywordVocab(vocab.keywords, vocab.index, {}, vocab.sources).save(out / KEYWORDS)
-
-    shards = []
-    for b in range(num_shards):
-        name = f"pairs-{b:05d}-of-{num_shards:05d}.parquet"
-        rows, products = _join_bucket(
-            buckets / f"products-{b}.parquet", buckets / f"queries-{b}.parquet", out / name,
-            vocab, attribute_names, bucket_skipped[b],
-        )  # fmt: skip
-        shards.append(PairShard(name, rows, products, file_sha256(out / name),
-                                dict(bucket_skipped[b])))  # fmt: skip
-        problems = ", ".join(f"{k}: {n}" for k, n in bucket_skipped[b].items()) or "none"
-        progress(f"{name}: {rows} pairs of {products} products; skipped {problems}")
-    shutil.rmtree(buckets)
+    try:
+        job.partition_catalog(catalog_files, sample)
+        sample_ids = {p.id for p in sample.products}
+        records: list[QueryRecord] = []  # the sample's queries, to mine the vocabulary with
+        for record in job.partition_queries(query_files):
+            if record.product_id in sample_ids and len(records) < 20 * vocab_products:
+                records.append(record)
+        unique = list({p.id: p for p in sample.products}.values())  # one row per duplicated id
+        attribute_names = sorted({name for p in unique for name in p.attributes})
+        vocab = build_vocabulary(unique, records, attribute_names=attribute_names)
+        KeywordVocab(vocab.keywords, vocab.index, {}, vocab.sources).save(out / KEYWORDS)
+        shards = [job.join(b, vocab, attribute_names) for b in range(num_shards)]
+        shutil.rmtree(out / ".buckets")
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # it was empty: leave it so for the next try
+        raise
     manifest = ShardManifest(out, shards, split_seed, val_fraction, test_fraction,
-                             attribute_names, dict(skipped))  # fmt: skip
+                             attribute_names, dict(job.skipped))  # fmt: skip
     manifest.save()
     return manifest
+
+
+@dataclass
+class _ShardJob:
+    """The settings of one ``shard_shop`` call and the files it has open."""
+
+    out: Path
+    num_shards: int
+    columns: ColumnMapping | None
+    encoding: str
+    image_root: str | Path | None
+    split_seed: int
+    val_fraction: float
+    test_fraction: float
+    max_title_chars: int
+    check_images: bool
+    progress: Any
+    skipped: Counter[str] = field(default_factory=Counter)  # rows no shard owns
+    bucket_skipped: list[Counter[str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.bucket_skipped = [Counter() for _ in range(self.num_shards)]
+
+    def split(self, product_id: str) -> str:
+        return split_of(product_id, self.split_seed, self.val_fraction, self.test_fraction)
+
+    def writers(self, kind: str, val_name: str, schema: pa.Schema) -> list[ParquetRows]:
+        """One file per bucket, then the val file."""
+        names = [f".buckets/{kind}-{b}.parquet" for b in range(self.num_shards)] + [val_name]
+        return [ParquetRows(self.out / name, schema) for name in names]
+
+    def partition_catalog(self, files: list[Path], sample: _Sample) -> None:
+        """Train products to their buckets (usable ones only), val products to the val file."""
+        *buckets, val = writers = self.writers("products", VAL_PRODUCTS, PRODUCT_SCHEMA)
+        for path in files:
+            for item in iter_catalog(path, self.columns, self.encoding, self.image_root):
+                if isinstance(item, RowError):
+                    self.skipped[item.kind] += 1  # no product id, so no shard owns it
+                    continue
+                where = self.split(item.id)
+                if where == "val":
+                    val.write(product_row(item))
+                elif where == "train":
+                    bucket = bucket_of(item.id, self.num_shards)
+                    issues = check_product(item, self.max_title_chars, self.check_images)
+                    bad = [i.kind for i in issues if i.kind in BAD_PRODUCT_KINDS]
+                    if bad:
+                        self.bucket_skipped[bucket][bad[0]] += 1
+                        continue
+                    buckets[bucket].write(product_row(item))
+                    sample.offer(item)
+            self.progress(f"read {path}")
+        for writer in writers:
+            writer.close()
+
+    def partition_queries(self, files: list[Path]) -> Iterator[QueryRecord]:
+        """Positive rows to their product's bucket or the val file; yields the train ones."""
+        *buckets, val = writers = self.writers("queries", VAL_QUERIES, QUERY_SCHEMA)
+        for path in files:
+            for record in iter_queries(path, self.columns, self.encoding):
+                if isinstance(record, RowError):
+                    self.skipped["malformed_query_row"] += 1
+                    continue
+                if record.label <= 0:
+                    continue
+                row = {"query": record.query, "product_id": record.product_id}
+                where = self.split(record.product_id)
+                if where == "val":
+                    val.write(row)
+                elif where == "train":
+                    buckets[bucket_of(record.product_id, self.num_shards)].write(row)
+                    yield record
+            self.progress(f"read {path}")
+        for writer in writers:
+            writer.close()
+
+    def join(self, bucket: int, vocab: KeywordVocab, attribute_names: list[str]) -> PairShard:
+        name = f"pairs-{bucket:05d}-of-{self.num_shards:05d}.parquet"
+        skipped = self.bucket_skipped[bucket]
+        rows, products = _join_bucket(
+            self.out / f".buckets/products-{bucket}.parquet",
+            self.out / f".buckets/queries-{bucket}.parquet",
+            self.out / name, vocab, attribute_names, skipped,
+        )  # fmt: skip
+        problems = ", ".join(f"{k}: {n}" for k, n in skipped.items()) or "none"
+        self.progress(f"{name}: {rows} pairs of {products} products; skipped {problems}")
+        return PairShard(name, rows, products, file_sha256(self.out / name), dict(skipped))
 
 
 def _join_bucket(
