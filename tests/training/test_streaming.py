@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 from torch.utils.data import DataLoader
 
 from helpers import write_pair_shop
@@ -21,7 +22,11 @@ from makevl.data.shard import ShardError, ShardManifest, parquet_rows, shard_sho
 from makevl.keywords import KeywordVocab
 from makevl.training import data, streaming
 from makevl.training.checkpoint import load_trainer_state
-from makevl.training.streaming import StreamingPairDataset, open_train_shards
+from makevl.training.streaming import (
+    StreamingPairDataset,
+    fill_feature_caches,
+    open_train_shards,
+)
 from makevl.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -228,3 +233,36 @@ def test_shards_split_otherwise_than_the_run_are_refused(shards: Path):
         open_train_shards(DataConfig(train_shards=str(shards), split_seed=3))
     with pytest.raises(ShardError, match="sparse_titles"):
         open_train_shards(DataConfig(train_shards=str(shards), sparse_titles=True))
+
+
+class TinyImageTower(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 4)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.linear(pixels.mean((2, 3)))
+        return pooled[:, None, :].repeat(1, 2, 1), pooled
+
+
+def test_frozen_image_features_are_cached_shard_by_shard(shards: Path, tmp_path: Path):
+    manifest = ShardManifest.load(shards)
+    tower = TinyImageTower()
+    image = (tower, to_tensor, ("image", "tiny", 8))
+    sources, _ = fill_feature_caches(manifest, tmp_path, torch.device("cpu"), image=image)
+    assert len(sources) == 4 and len({folder for folder, _ in sources}) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"shard-{s.sha256[:20]}" for s in manifest.shards
+    )
+
+    def refuse(pixels):
+        raise AssertionError("encoded again")
+
+    tower.forward = refuse  # everything is cached: the tower is not run again
+    again, _ = fill_feature_caches(manifest, tmp_path, torch.device("cpu"), image=image)
+    assert again == sources
+    vocab = KeywordVocab.load(shards / "keywords.json")
+    dataset = StreamingPairDataset(manifest, vocab.index, to_tensor, 48, image_features=sources)
+    samples = next(iter(dataset))
+    assert len(samples) == 48
+    assert all(s["image_tokens"].shape == (2, 4) and "pixel_values" not in s for s in samples)

@@ -185,12 +185,15 @@ def cache_image_features(
     settings: tuple,
     device: torch.device,
     batch_size: int = 64,
+    fingerprint: str | None = None,
 ) -> tuple[CachedFeatures, dict[int, BadSample], int]:
     """Encode the images not cached yet; return the lookup, unusable products, count encoded.
 
     ``encoder(pixel_values) -> (tokens, pooled)`` is the frozen image tower.
+    ``fingerprint``: its :func:`tower_fingerprint`, when the caller has it already.
     """
-    cache = FeatureCache(Path(cache_root) / f"image-{tower_fingerprint(encoder, *settings)}")
+    fingerprint = fingerprint or tower_fingerprint(encoder, *settings)
+    cache = FeatureCache(Path(cache_root) / f"image-{fingerprint}")
     keys: list[str | None] = []
     bad: dict[int, BadSample] = {}
     todo: list[tuple[str, int]] = []  # (key, row); images are decoded batch by batch
@@ -246,12 +249,15 @@ def cache_title_features(
     max_tokens: int,
     device: torch.device,
     batch_size: int = 64,
+    fingerprint: str | None = None,
 ) -> tuple[CachedFeatures, int]:
     """Encode the titles not cached yet (padded to ``max_tokens``); return lookup, count encoded.
 
     ``encoder(input_ids, attention_mask) -> (tokens, pooled)`` is the frozen title tower.
+    ``fingerprint``: its :func:`tower_fingerprint`, when the caller has it already.
     """
-    cache = FeatureCache(Path(cache_root) / f"title-{tower_fingerprint(encoder, *settings)}")
+    fingerprint = fingerprint or tower_fingerprint(encoder, *settings)
+    cache = FeatureCache(Path(cache_root) / f"title-{fingerprint}")
     keys = [title_key(p) for p in products]
     todo, queued = [], set()
     for key, product in zip(keys, products):

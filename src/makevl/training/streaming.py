@@ -56,6 +56,7 @@ from makevl.training.cache import (
     cache_title_features,
     image_key,
     title_key,
+    tower_fingerprint,
 )
 from makevl.training.data import BadSample, bad_sample, batches_per_epoch, make_sample
 
@@ -230,19 +231,21 @@ def fill_feature_caches(
     :func:`cache_title_features`. Each shard's cache lives in a folder named by
     its SHA-256, so a rewritten shard is encoded again.
     """
-    image_sources: list[FeatureSource] | None = [] if image else None
-    title_sources: list[FeatureSource] | None = [] if title else None
+    image_print = tower_fingerprint(image[0], *image[2]) if image else None
+    title_print = tower_fingerprint(title[0], *title[2]) if title else None
+    image_sources: list[FeatureSource] = []
+    title_sources: list[FeatureSource] = []
     for index, shard in enumerate(manifest.shards):
         products = shard_products(manifest.path(index))
         root = cache_root / f"shard-{shard.sha256[:20]}"
-        if image_sources is not None:
+        if image:
             encoder, transform, settings = image
-            found, _, _ = cache_image_features(encoder, transform, products, root, settings, device)
+            found, _, _ = cache_image_features(encoder, transform, products, root, settings,
+                                               device, fingerprint=image_print)  # fmt: skip
             image_sources.append((found.cache.directory, found.names))
-        if title_sources is not None:
+        if title:
             encoder, tokenize, settings, max_tokens = title
-            found, _ = cache_title_features(
-                encoder, tokenize, products, root, settings, max_tokens, device
-            )
+            found, _ = cache_title_features(encoder, tokenize, products, root, settings,
+                                            max_tokens, device, fingerprint=title_print)  # fmt: skip
             title_sources.append((found.cache.directory, found.names))
-    return image_sources, title_sources
+    return (image_sources if image else None), (title_sources if title else None)
