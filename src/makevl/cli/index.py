@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from makevl.data.presets import PRESETS
+
+if TYPE_CHECKING:
+    from makevl.index.actions import CatalogOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,21 +88,21 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _fail(exc: Exception) -> int:
-    print(f"error: {exc}", file=sys.stderr)
-    return 1
+def _catalog_options(args: argparse.Namespace) -> CatalogOptions:
+    from makevl.index.actions import CatalogOptions
+
+    return CatalogOptions(args.preset, args.column, args.encoding, args.image_root, args.limit)
 
 
-def _catalog_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "preset": args.preset,
-        "columns": args.column,
-        "encoding": args.encoding,
-        "image_root": args.image_root,
-        "limit": args.limit,
-        "batch_size": args.batch_size,
-        "progress": not args.quiet,
-    }
+def _report(action: Callable[[], Any]) -> int:
+    """Run an index action; print its summary, or the error (exit code 1)."""
+    try:
+        report = action()
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
 
 
 def build_command(args: argparse.Namespace) -> int:
@@ -109,43 +113,41 @@ def build_command(args: argparse.Namespace) -> int:
         for key, value in (("factory", args.factory), ("exact_threshold", args.exact_threshold))
         if value is not None
     }
-    try:
-        report = build_from_catalog(
+    return _report(
+        lambda: build_from_catalog(
             args.out,
             checkpoint=args.checkpoint,
             hashing_dim=args.hashing_encoder,
             catalog=args.catalog,
-            **_catalog_options(args),
+            options=_catalog_options(args),
+            batch_size=args.batch_size,
+            progress=not args.quiet,
             **backend_options,
         )
-    except (OSError, ValueError, RuntimeError) as exc:
-        return _fail(exc)
-    print(report.summary())
-    return 0
+    )
 
 
 def add_command(args: argparse.Namespace) -> int:
     from makevl.index.actions import add_from_catalog
 
-    try:
-        report = add_from_catalog(
-            args.index_dir, args.catalog, checkpoint=args.checkpoint, **_catalog_options(args)
+    return _report(
+        lambda: add_from_catalog(
+            args.index_dir,
+            args.catalog,
+            checkpoint=args.checkpoint,
+            options=_catalog_options(args),
+            batch_size=args.batch_size,
+            progress=not args.quiet,
         )
-    except (OSError, ValueError, RuntimeError) as exc:
-        return _fail(exc)
-    print(report.summary())
-    return 0
+    )
 
 
 def delete_command(args: argparse.Namespace) -> int:
     from makevl.index.actions import delete_products
 
-    try:
-        report = delete_products(args.index_dir, args.ids, args.ids_file, args.missing_ok)
-    except (OSError, ValueError, RuntimeError) as exc:
-        return _fail(exc)
-    print(report.summary())
-    return 0
+    return _report(
+        lambda: delete_products(args.index_dir, args.ids, args.ids_file, args.missing_ok)
+    )
 
 
 def info_command(args: argparse.Namespace) -> int:
@@ -154,7 +156,8 @@ def info_command(args: argparse.Namespace) -> int:
     try:
         info = index_info(args.index_dir, verify=args.verify)
     except (OSError, ValueError, RuntimeError) as exc:
-        return _fail(exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(info, indent=2))
     if args.verify:
         print("all files match their checksums")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,21 @@ from makevl.index.store import read_manifest, verify_files
 log = logging.getLogger(__name__)
 
 
-def catalog_columns(
-    base: ColumnMapping, preset: str | None = None, pairs: Sequence[str] = ()
-) -> ColumnMapping:
-    """``preset``'s mapping (else ``base``) with the ``FIELD=COLUMN`` pairs on top."""
-    return column_mapping(list(pairs), get_preset(preset).columns if preset else base)
+@dataclass(frozen=True)
+class CatalogOptions:
+    """How to read a catalog file: its columns, text encoding, image folder, row limit."""
+
+    preset: str | None = None  # the column mapping of a known dataset
+    columns: Sequence[str] = ()  # FIELD=COLUMN pairs on top of it
+    encoding: str = "utf-8"
+    image_root: str | None = None  # a folder outside the catalog's that images may be in
+    limit: int | None = None  # read only the first N rows
+
+
+def catalog_columns(base: ColumnMapping, options: CatalogOptions) -> ColumnMapping:
+    """The preset's mapping (else ``base``) with the ``FIELD=COLUMN`` pairs on top."""
+    preset = options.preset
+    return column_mapping(list(options.columns), get_preset(preset).columns if preset else base)
 
 
 def columns_of_config(config: dict[str, Any] | None) -> ColumnMapping:
@@ -42,15 +53,11 @@ def columns_of_config(config: dict[str, Any] | None) -> ColumnMapping:
 
 
 def catalog_rows(
-    path: str | Path,
-    columns: ColumnMapping,
-    encoding: str = "utf-8",
-    image_root: str | None = None,
-    limit: int | None = None,
+    path: str | Path, columns: ColumnMapping, options: CatalogOptions
 ) -> Iterable[Product | RowError]:
-    """The catalog's rows as a stream, the first ``limit`` only if given."""
-    rows = iter_catalog(path, columns, encoding, image_root)
-    return itertools.islice(rows, limit) if limit else rows
+    """The catalog's rows as a stream, the first ``options.limit`` only if given."""
+    rows = iter_catalog(path, columns, options.encoding, options.image_root)
+    return itertools.islice(rows, options.limit) if options.limit else rows
 
 
 def catalog_size(path: str | Path, limit: int | None) -> int | None:
@@ -69,11 +76,7 @@ def build_from_catalog(
     checkpoint: str | Path | None = None,
     hashing_dim: int | None = None,
     catalog: str | Path | None = None,
-    preset: str | None = None,
-    columns: Sequence[str] = (),
-    encoding: str = "utf-8",
-    image_root: str | None = None,
-    limit: int | None = None,
+    options: CatalogOptions = CatalogOptions(),
     batch_size: int = 64,
     progress: bool = True,
     backend_name: str = DEFAULT_BACKEND,
@@ -90,12 +93,12 @@ def build_from_catalog(
     else:
         encoder = HashingEncoder(hashing_dim)
         spec, model_hash, config = encoder.spec, encoder.model_hash, None
-    mapping = catalog_columns(columns_of_config(config), preset, columns)
+    mapping = catalog_columns(columns_of_config(config), options)
     if catalog is not None:
-        rows = catalog_rows(catalog, mapping, encoding, image_root, limit)
-        total = catalog_size(catalog, limit)
+        rows = catalog_rows(catalog, mapping, options)
+        total = catalog_size(catalog, options.limit)
     elif config is not None:
-        rows = _training_shop(config, limit)
+        rows = _training_shop(config, options.limit)
         total = len(rows)
     else:
         raise ValueError("the hashing encoder needs a catalog")
@@ -134,11 +137,7 @@ def add_from_catalog(
     catalog: str | Path,
     *,
     checkpoint: str | Path | None = None,
-    preset: str | None = None,
-    columns: Sequence[str] = (),
-    encoding: str = "utf-8",
-    image_root: str | None = None,
-    limit: int | None = None,
+    options: CatalogOptions = CatalogOptions(),
     batch_size: int = 64,
     progress: bool = True,
 ) -> BuildReport:
@@ -146,15 +145,17 @@ def add_from_catalog(
     manifest = read_manifest(index_dir)
     stored = manifest.get("columns")
     base = (
-        ColumnMapping.model_validate(stored) if stored else columns_of_config(manifest.get("config"))
+        ColumnMapping.model_validate(stored)
+        if stored
+        else columns_of_config(manifest.get("config"))
     )
-    mapping = catalog_columns(base, preset, columns)
+    mapping = catalog_columns(base, options)
     encoder = model_hash = None
     if checkpoint is not None:
         encoder, _spec, model_hash, _config = load_checkpoint_encoder(checkpoint)
     return update_index(
         index_dir,
-        add=catalog_rows(catalog, mapping, encoding, image_root, limit),
+        add=catalog_rows(catalog, mapping, options),
         encoder=encoder,
         model_hash=model_hash,
         batch_size=batch_size,
