@@ -175,17 +175,17 @@ def _from_text(text: str, where: str, overrides: list[str] | None) -> RunConfig:
         raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
     if not isinstance(tree, dict):
         raise ConfigError(f"{where}: top level must be a mapping of sections")
-    return _validate(_merge(tree, parse_overrides(overrides or [])), f" in {where}")
+    return _validate(_merge(tree, parse_overrides(overrides or [])), f"config in {where}")
 
 
-def _validate(tree: dict[str, Any], where: str = "") -> RunConfig:
+def _validate(tree: dict[str, Any], what: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
-        raise ConfigError(f"invalid config{where}: {problems}") from exc
+        raise ConfigError(f"invalid {what}: {problems}") from exc
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -233,11 +233,4 @@ def resolve_config(name_or_file: str, overrides: list[str] | None = None) -> Run
 
 def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """A copy of ``cfg`` with dotted overrides applied (validated like a fresh load)."""
-    tree = _merge(cfg.model_dump(mode="json"), parse_overrides(overrides))
-    try:
-        return RunConfig.model_validate(tree)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid override: {problems}") from exc
+    return _validate(_merge(cfg.model_dump(mode="json"), parse_overrides(overrides)), "override")

@@ -81,18 +81,20 @@ def run_demo(
     print(comparison_table(results))
 
     _stage("6. build the product index")
-    from makevl.cli import main as makevl
+    from makevl.index.actions import build_from_catalog
+    from makevl.index.search import Searcher
 
     index_dir = out / "index"
-    code = makevl(["index", "build", "--checkpoint", str(checkpoint),
-                   "--catalog", str(data_dir / "catalog.csv"), "--out", str(index_dir)])
-    if code:
-        return code
+    print(build_from_catalog(index_dir, checkpoint=checkpoint, catalog=data_dir / "catalog.csv")
+          .summary())
 
     _stage("7. search")
+    searcher = Searcher(index_dir)
     for query in SAMPLE_QUERIES:
         print(f"\n> makevl search {index_dir} {query!r} -k 5")
-        makevl(["search", str(index_dir), query, "-k", "5"])
+        for rank, hit in enumerate(searcher.search([query], k=5)[0], 1):
+            weights = "/".join(f"{w:.2f}" for w in hit.modality_weights.values())
+            print(f"{rank:>3}  {hit.score:.3f}  {hit.id}  {hit.title}  (title/image/fused {weights})")
 
     print(f"\nServe it:  .venv/bin/makevl serve {index_dir}   then open http://127.0.0.1:8000/")
     return 0

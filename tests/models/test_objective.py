@@ -28,7 +28,9 @@ def test_every_config_weight_has_a_registered_term():
 def overfit_one_batch() -> tuple[dict[str, float], dict[str, float], set[str]]:
     """Each term's value before and after 30 Adam steps on one batch."""
     model = tiny_model(seed=1).train()
-    objective = MakeObjective(model, LossConfig())
+    # Every term on: the default weights, and 0.25 for a term that is off by default.
+    weights = {name: weight or 0.25 for name, weight in LossConfig().model_dump().items()}
+    objective = MakeObjective(model, LossConfig(**weights))
     batch = make_batch(model, seed=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     first = None

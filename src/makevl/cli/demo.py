@@ -26,3 +26,6 @@ def demo_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"makevl demo: {exc}", file=sys.stderr)
         return 2
+    except (OSError, ValueError, RuntimeError) as exc:  # a stage failed; its message says which
+        print(f"makevl demo: {exc}", file=sys.stderr)
+        return 1

@@ -8,14 +8,15 @@ hashing encoder, for smoke tests) into a new index directory; ``add`` and
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from makevl.config import ColumnMapping
-from makevl.data.presets import PRESETS, column_mapping, get_preset
+from makevl.data.presets import PRESETS
+
+if TYPE_CHECKING:
+    from makevl.index.actions import CatalogOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -87,154 +88,77 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def catalog_columns(args: argparse.Namespace, base: ColumnMapping) -> ColumnMapping:
-    """``--preset``'s mapping (else ``base``) with the ``--column`` pairs on top."""
-    return column_mapping(args.column, get_preset(args.preset).columns if args.preset else base)
+def _catalog_options(args: argparse.Namespace) -> CatalogOptions:
+    from makevl.index.actions import CatalogOptions
+
+    return CatalogOptions(args.preset, args.column, args.encoding, args.image_root, args.limit)
 
 
-def _columns_of_config(config: dict[str, Any] | None) -> ColumnMapping:
-    data = (config or {}).get("data", {})
-    if data.get("preset") == "custom" and data.get("columns"):
-        return ColumnMapping.model_validate(data["columns"])
-    return get_preset(data.get("preset", "custom")).columns
-
-
-def _catalog_rows(path: str, columns: ColumnMapping, args: argparse.Namespace):
-    from makevl.data.catalog import iter_catalog
-
-    rows = iter_catalog(path, columns, args.encoding, args.image_root)
-    return itertools.islice(rows, args.limit) if args.limit else rows
-
-
-def _catalog_size(path: str, limit: int | None) -> int | None:
-    """Rows to expect, for the progress bar: known up front for Parquet only."""
-    if Path(path).suffix.lower() != ".parquet" or not Path(path).is_file():
-        return limit
-    import pyarrow.parquet as pq
-
-    rows = pq.ParquetFile(path).metadata.num_rows
-    return min(rows, limit) if limit else rows
-
-
-def _fail(exc: Exception) -> int:
-    print(f"error: {exc}", file=sys.stderr)
-    return 1
+def _report(action: Callable[[], Any]) -> int:
+    """Run an index action; print its summary, or the error (exit code 1)."""
+    try:
+        report = action()
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
 
 
 def build_command(args: argparse.Namespace) -> int:
-    from makevl.index.backends.faiss import DEFAULT_EXACT_THRESHOLD, DEFAULT_FACTORY
-    from makevl.index.build import build_index
-    from makevl.index.encoders import HashingEncoder, load_checkpoint_encoder
+    from makevl.index.actions import build_from_catalog
 
-    try:
-        if args.checkpoint:
-            encoder, spec, model_hash, config = load_checkpoint_encoder(args.checkpoint)
-        else:
-            encoder = HashingEncoder(args.hashing_encoder)
-            spec, model_hash, config = encoder.spec, encoder.model_hash, None
-        columns = catalog_columns(args, _columns_of_config(config))
-        if args.catalog:
-            catalog = _catalog_rows(args.catalog, columns, args)
-            total = _catalog_size(args.catalog, args.limit)
-        elif config is not None:
-            from makevl.config import DataConfig
-            from makevl.data.shop import load_shop
-
-            # The shop the model was trained on; its unreadable rows are for `makevl data`.
-            shop = load_shop(DataConfig.model_validate({**config["data"], "sparse_titles": False}))
-            if shop.errors:
-                print(
-                    f"note: {len(shop.errors)} rows of shop {shop.name!r} could not be read; "
-                    "`makevl data validate` lists them",
-                    file=sys.stderr,
-                )
-            catalog = shop.products[: args.limit or None]
-            total = len(catalog)
-        else:
-            raise ValueError("--hashing-encoder needs --catalog")
-        report = build_index(
-            catalog,
+    backend_options = {
+        key: value
+        for key, value in (("factory", args.factory), ("exact_threshold", args.exact_threshold))
+        if value is not None
+    }
+    return _report(
+        lambda: build_from_catalog(
             args.out,
-            encoder,
-            encoder_spec=spec,
-            model_hash=model_hash,
-            config=config,
-            columns=columns.model_dump(),
-            factory=args.factory or DEFAULT_FACTORY,
-            exact_threshold=(
-                DEFAULT_EXACT_THRESHOLD if args.exact_threshold is None else args.exact_threshold
-            ),
+            checkpoint=args.checkpoint,
+            hashing_dim=args.hashing_encoder,
+            catalog=args.catalog,
+            options=_catalog_options(args),
             batch_size=args.batch_size,
-            total=total,
             progress=not args.quiet,
+            **backend_options,
         )
-    except (OSError, ValueError, RuntimeError) as exc:
-        return _fail(exc)
-    print(report.summary())
-    return 0
+    )
 
 
 def add_command(args: argparse.Namespace) -> int:
-    from makevl.index.build import update_index
-    from makevl.index.encoders import load_checkpoint_encoder
-    from makevl.index.store import read_manifest
+    from makevl.index.actions import add_from_catalog
 
-    try:
-        manifest = read_manifest(args.index_dir)
-        stored = manifest.get("columns")
-        base = (
-            ColumnMapping.model_validate(stored)
-            if stored
-            else _columns_of_config(manifest.get("config"))
-        )
-        columns = catalog_columns(args, base)
-        encoder = model_hash = None
-        if args.checkpoint:
-            encoder, _spec, model_hash, _config = load_checkpoint_encoder(args.checkpoint)
-        report = update_index(
+    return _report(
+        lambda: add_from_catalog(
             args.index_dir,
-            add=_catalog_rows(args.catalog, columns, args),
-            encoder=encoder,
-            model_hash=model_hash,
+            args.catalog,
+            checkpoint=args.checkpoint,
+            options=_catalog_options(args),
             batch_size=args.batch_size,
             progress=not args.quiet,
         )
-    except (OSError, ValueError, RuntimeError) as exc:
-        return _fail(exc)
-    print(report.summary())
-    return 0
+    )
 
 
 def delete_command(args: argparse.Namespace) -> int:
-    from makevl.index.build import update_index
+    from makevl.index.actions import delete_products
 
-    ids = list(args.ids)
-    try:
-        if args.ids_file:
-            lines = Path(args.ids_file).read_text(encoding="utf-8").splitlines()
-            ids += [line.strip() for line in lines if line.strip()]
-        if not ids:
-            raise ValueError("give product ids with --ids or --ids-file")
-        report = update_index(
-            args.index_dir, delete=ids, missing_ok=args.missing_ok, progress=False
-        )
-    except (OSError, ValueError, RuntimeError) as exc:
-        return _fail(exc)
-    print(report.summary())
-    return 0
+    return _report(
+        lambda: delete_products(args.index_dir, args.ids, args.ids_file, args.missing_ok)
+    )
 
 
 def info_command(args: argparse.Namespace) -> int:
-    from makevl.index.store import read_manifest, verify_files
+    from makevl.index.actions import index_info
 
     try:
-        manifest = read_manifest(args.index_dir)
-        if args.verify:
-            verify_files(Path(args.index_dir), manifest)
+        info = index_info(args.index_dir, verify=args.verify)
     except (OSError, ValueError, RuntimeError) as exc:
-        return _fail(exc)
-    shown = {k: v for k, v in manifest.items() if k not in ("config",)}
-    print(json.dumps(shown, indent=2))
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(info, indent=2))
     if args.verify:
         print("all files match their checksums")
     return 0

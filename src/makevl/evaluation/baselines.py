@@ -80,19 +80,16 @@ class MiniLMEncoder:
         import torch
         import torch.nn.functional as F
 
+        from makevl.models.inference import tokenize
+
         order = np.argsort([len(t) for t in texts], kind="stable")
         out = np.zeros((len(texts), self.tower.hidden_size), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
                 rows = order[start : start + self.batch_size]
-                batch = self.tower.tokenizer(
-                    [texts[i] for i in rows],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
-                _, pooled = self.tower(batch["input_ids"], batch["attention_mask"])
+                batch = tokenize(self.tower.tokenizer, [texts[i] for i in rows], self.max_length)
+                ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+                _, pooled = self.tower(ids, mask)
                 out[rows] = F.normalize(pooled, dim=-1).float().cpu().numpy()
         return out
 

@@ -22,7 +22,7 @@ def write_plots(
     results: list[EvalResult],
     groups: dict[str, str],
     pool: list[Product],
-    alpha: np.ndarray | None,
+    modality_weights: np.ndarray | None,
     category: str | None,
     evaluator: RetrievalEvaluator,
 ) -> dict[str, str]:
@@ -47,9 +47,9 @@ def write_plots(
     plt.close(fig)
     plots["Recall@K per system"] = "recall_at_k.png"
 
-    if alpha is not None:
+    if modality_weights is not None:
         image_weight: dict[str, list[float]] = {}
-        for product, weights in zip(pool, alpha):
+        for product, weights in zip(pool, modality_weights):
             name = product.attributes.get(category or "", "all")
             image_weight.setdefault(name, []).append(weights[1])
         names = sorted(image_weight, key=lambda n: -len(image_weight[n]))[:15]

@@ -86,7 +86,7 @@ def run_report(
     results: list[EvalResult] = []
     groups: dict[str, str] = {}
     training: dict[str, Any] = {}
-    make_alpha: np.ndarray | None = None
+    make_modality_weights: np.ndarray | None = None
     make_model = None
 
     def record(result: EvalResult, group: str) -> None:
@@ -104,7 +104,7 @@ def run_report(
             system = EmbeddingSystem(spec.name, model.encode_queries, model.encode_products)
             record(evaluator.evaluate(system), spec.group)
             if spec.name == "make":
-                make_alpha, make_model = system.modality_weights, model
+                make_modality_weights, make_model = system.modality_weights, model
                 record(evaluator.evaluate(_untrained_twin(model, base, out_dir)), "reference")
         elif spec.needs_model:
             if make_model is not None:  # built on the report's own trained MAKE
@@ -127,9 +127,13 @@ def run_report(
         "groups": groups,
         "results": {r.system: r.to_dict() for r in results},
     }
-    if make_alpha is not None:
-        figures["modal_adaptation"] = _alpha_by_category(query_set.pool, make_alpha, category)
-    plots = write_plots(out_dir, results, groups, query_set.pool, make_alpha, category, evaluator)
+    if make_modality_weights is not None:
+        figures["modal_adaptation"] = modality_weights_by_category(
+            query_set.pool, make_modality_weights, category
+        )
+    plots = write_plots(
+        out_dir, results, groups, query_set.pool, make_modality_weights, category, evaluator
+    )
     figures["plots"] = plots
     return write_report(out_dir, figures, sparse_titles=base.data.sparse_titles)
 
@@ -174,9 +178,12 @@ def _untrained_twin(model, base: RunConfig, out_dir: Path) -> EmbeddingSystem:
     return EmbeddingSystem("make-untrained", untrained.encode_queries, untrained.encode_products)
 
 
-def _alpha_by_category(pool: list[Product], alpha: np.ndarray, attribute: str | None) -> dict:
+def modality_weights_by_category(
+    pool: list[Product], modality_weights: np.ndarray, attribute: str | None
+) -> dict:
+    """Mean MA weights (title, image, fused) of the products of each category."""
     by_category: dict[str, list[np.ndarray]] = {}
-    for product, weights in zip(pool, alpha):
+    for product, weights in zip(pool, modality_weights):
         by_category.setdefault(product.attributes.get(attribute or "", "all"), []).append(weights)
     summary = {}
     for name, rows in sorted(by_category.items(), key=lambda kv: -len(kv[1])):
