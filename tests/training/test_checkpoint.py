@@ -18,7 +18,7 @@ from makevl.models.checkpoint import CheckpointError, load_checkpoint, save_chec
 from makevl.models.make import MakeModel
 from makevl.training import checkpoint as ckpt
 from makevl.training.checkpoint import load_trainer_state, save_training_checkpoint
-from makevl.training.trainer import build_optimizer, rng_state, set_rng_state
+from makevl.training.trainer import build_optimizer, rng_state, set_rng_state, train
 
 
 @pytest.fixture
@@ -140,4 +140,25 @@ def test_a_planted_pickle_is_never_unpickled(setup, tmp_path: Path) -> None:
     torch.save({"step": PlantedPickle(marker)}, directory / "trainer_state.pt")
     with pytest.raises(CheckpointError, match="trainer_state.pt.*never loaded"):
         load_trainer_state(directory)
+    assert not marker.exists()
+
+
+def test_resume_never_unpickles_a_planted_trainer_state(demo40, tmp_path: Path, tiny_config):
+    cfg = tiny_config(demo40, tmp_path / "run", "train.max_steps=2")
+    train(cfg, stop_after=1)
+    last, marker = tmp_path / "run" / "last", tmp_path / "pwned"
+    state_files = {p.name: p.read_bytes() for p in last.glob("trainer_state*")}
+    for name in state_files:  # only the planted file is left: resume refuses
+        (last / name).unlink()
+    torch.save({"global_batch": PlantedPickle(marker)}, last / "trainer_state.pt")
+    with pytest.raises(CheckpointError, match="trainer_state.pt.*never loaded"):
+        try:
+            train(cfg, resume=True)
+        finally:
+            assert not marker.exists(), "resume unpickled the planted trainer_state.pt"
+
+    for name, data in state_files.items():  # beside the real state, it is ignored
+        (last / name).write_bytes(data)
+    torch.save({"global_batch": PlantedPickle(marker)}, last / "trainer_state.pt")
+    assert train(cfg, resume=True).step == 2
     assert not marker.exists()
