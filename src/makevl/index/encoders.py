@@ -172,7 +172,8 @@ def encoder_from_manifest(manifest: dict[str, Any], index_dir: str | Path) -> tu
         encoder = HashingEncoder(int(spec["dim"]))
         return encoder, encoder.model_hash
     if kind == "checkpoint":
-        from makevl.models.checkpoint import WEIGHTS
+        from makevl.models.checkpoint import WEIGHTS, load_checkpoint
+        from makevl.models.inference import MakeEncoder
 
         weights = model_folder(spec, index_dir) / WEIGHTS
         if not weights.is_file():
@@ -184,6 +185,6 @@ def encoder_from_manifest(manifest: dict[str, Any], index_dir: str | Path) -> tu
                 f"{manifest['model_hash'][:16]}... the index was built with; the model was "
                 "altered, rebuild the index"
             )
-        encoder, _spec, model_hash, _cfg = load_checkpoint_encoder(weights.parent)
-        return encoder, model_hash
+        model, _cfg, _vocab = load_checkpoint(weights.parent)
+        return MakeEncoder(model), actual
     raise EncoderSpecError(f"unknown encoder type {kind!r} in index manifest")
