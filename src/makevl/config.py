@@ -105,6 +105,9 @@ class TrainConfig(_Section):
     cache_frozen_features: bool = True  # cache a frozen tower's outputs on disk
     memory_bank_size: int = Field(0, ge=0)  # extra negatives from recent product vectors
     eval_every: int = Field(0, ge=0)  # steps between validation runs; 0: at epoch end
+    # steps between checkpoints of out_dir/last (besides those at validation); 0: only
+    # there. Bounds what a crash (kill -9, power loss) costs.
+    save_every_steps: int = Field(500, ge=0)
     log_every: int = Field(10, gt=0)
     device: str = "auto"  # "auto", "cpu", "cuda"
     # CPU threads for torch; 0 keeps torch's default. Small models on a busy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,9 +12,9 @@ import torch
 from helpers import TINY_MODEL_OVERRIDES
 from makevl.cli import main
 from makevl.config import load_config
-from makevl.index.encoders import checkpoint_hash
+from makevl.index.encoders import EncoderSpecError, checkpoint_hash
 from makevl.index.search import Searcher
-from makevl.index.store import ModelMismatchError, read_manifest
+from makevl.index.store import IndexFileError, ModelMismatchError, read_manifest
 
 
 def save_tiny_checkpoint(directory, catalog, seed: int):
@@ -68,7 +69,7 @@ def test_checkpoint_index_end_to_end(tmp_path, catalog, capsys, one_thread):
     )
     manifest = read_manifest(out)
     assert manifest["model_hash"] == checkpoint_hash(ckpt)
-    assert manifest["encoder"] == {"type": "checkpoint", "path": str(ckpt.resolve())}
+    assert manifest["encoder"] == {"type": "checkpoint", "path": "model"}  # inside the index
     assert manifest["config"]["model"]["embed_dim"] == 32 and manifest["dim"] == 32
 
     searcher = Searcher(out)  # loads the checkpoint the manifest names
@@ -106,9 +107,81 @@ def test_checkpoint_index_end_to_end(tmp_path, catalog, capsys, one_thread):
     line = json.loads(capsys.readouterr().out.splitlines()[0])
     assert line["results"][0]["id"] == best
 
-    # Retrained in place: same path, other weights. The old index is refused.
+    # Retrained in place: same path, other weights. The index keeps its own copy, and
+    # refuses queries encoded by the new weights.
     save_tiny_checkpoint(tmp_path / "ckpt", catalog, seed=1)
+    assert Searcher(out).search(["red t-shirt"], k=1)[0][0].id == best
     with pytest.raises(ModelMismatchError, match="was built with model"):
-        Searcher(out)
-    assert main(["search", str(out), "red t-shirt"]) == 1
+        Searcher(out, checkpoint=tmp_path / "ckpt")
+    assert main(["search", str(out), "red t-shirt", "--checkpoint", str(tmp_path / "ckpt")]) == 1
     assert "Rebuild the index" in capsys.readouterr().err
+
+
+@pytest.fixture
+def checkpoint_index(tmp_path, catalog, one_thread):
+    """An index built by the CLI from a tiny checkpoint: ``(index_dir, checkpoint_dir)``."""
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", catalog, seed=0)
+    out = tmp_path / "built" / "index"
+    command = ["index", "build", "--checkpoint", str(ckpt), "--catalog", str(catalog)]
+    assert main([*command, "--out", str(out), "--quiet"]) == 0
+    return out, ckpt
+
+
+def test_index_is_self_contained_and_movable(tmp_path, checkpoint_index, catalog, capsys):
+    from fastapi.testclient import TestClient
+
+    from makevl.serving.app import create_app
+
+    out, ckpt = checkpoint_index
+    expected = Searcher(out).search(["red t-shirt"], k=3)[0]
+    # Move the index (its link and its versions) elsewhere, delete the checkpoint.
+    moved = tmp_path / "elsewhere" / "index"
+    moved.parent.mkdir()
+    for name in ("index", "index.versions"):
+        shutil.move(out.parent / name, moved.parent / name)
+    shutil.rmtree(ckpt)
+
+    assert [h.id for h in Searcher(moved).search(["red t-shirt"], k=3)[0]] == [
+        h.id for h in expected
+    ]
+    capsys.readouterr()
+    assert main(["search", str(moved), "red t-shirt", "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["id"] == expected[0].id
+    with TestClient(create_app(moved)) as client:
+        response = client.get("/search", params={"q": "red t-shirt", "k": 1})
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["id"] == expected[0].id
+
+    # A copy with the links resolved (cp -rL) works too, and updates carry the model along.
+    copied = tmp_path / "copied"
+    shutil.copytree(moved, copied)
+    assert main(["index", "add", str(copied), "--catalog", str(catalog), "--quiet"]) == 0
+    assert main(["search", str(copied), "red t-shirt", "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["results"][0]["id"] == (
+        expected[0].id
+    )
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_tampered_model_inside_the_index_is_refused(checkpoint_index, verify):
+    out, _ckpt = checkpoint_index
+    weights = out / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the last weight
+    weights.unlink()  # the file may be a hard link to the checkpoint's
+    weights.write_bytes(bytes(data))
+    with pytest.raises(IndexFileError, match="model.safetensors"):
+        Searcher(out, verify=verify)
+
+
+def test_a_model_path_outside_the_index_is_never_followed(checkpoint_index, tmp_path):
+    """A manifest naming its checkpoint by an absolute path (as older builds did) is refused,
+    even when that checkpoint has the recorded weights."""
+    out, ckpt = checkpoint_index
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for path in (str(ckpt.resolve()), "../../ckpt"):
+        manifest["encoder"] = {"type": "checkpoint", "path": path}
+        manifest_path.write_text(json.dumps(manifest))
+        with pytest.raises(EncoderSpecError, match="not a folder inside the index"):
+            Searcher(out)

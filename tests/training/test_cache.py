@@ -123,3 +123,29 @@ def test_training_with_frozen_towers_reads_the_cache(demo40, tmp_path, tiny_conf
     assert not any({"pixel_values", "title_input_ids"} & keys for keys in batch_keys)
     assert first.step == second.step == 12
     assert first.loss == pytest.approx(second.loss, abs=1e-6)
+
+
+def test_image_cache_survives_moving_the_shop(demo_copy, tmp_path, tiny_config, count_rows):
+    """Keys hold paths relative to the catalog: the same shop by another path is not re-encoded."""
+    torch.manual_seed(0)
+    encoder = create_image_tower("tiny").eval()
+    counter = count_rows(ImageTower)
+
+    def cache(catalog: Path):
+        cfg = tiny_config(catalog, tmp_path / "run")
+        products = load_shop(cfg.data).products_in("train")
+        transform = MakeEncoder(MakeModel.from_config(cfg)).image_transform
+        settings = ("image", "tiny", 32)
+        cpu = torch.device("cpu")
+        return products, cache_image_features(
+            encoder, transform, products, tmp_path / "cache", settings, cpu
+        )
+
+    products, (_, _, encoded) = cache(demo_copy)
+    assert encoded == len(products) == counter["rows"]
+    moved = tmp_path / "mounted" / "elsewhere"
+    moved.parent.mkdir()
+    demo_copy.parent.rename(moved)  # a moved checkout: same files, same mtimes
+    moved_products, (_, _, encoded_again) = cache(moved / demo_copy.name)
+    assert moved_products[0].image.startswith(str(moved))
+    assert encoded_again == 0 and counter["rows"] == len(products)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -139,6 +140,64 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(demo40: Path, tmp_path:
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert load_trainer_state(out / "last")["step"] == state["step"] + 2
+
+
+@pytest.mark.slow
+def test_kill_9_loses_at_most_save_every_steps_and_resumes_identically(
+    demo40: Path, tmp_path: Path, tiny_config
+):
+    """SIGKILL at a random point (maybe mid-save): at most save_every_steps steps are lost,
+    and the resumed run ends with the very weights of a run never interrupted."""
+    steps, every = 16, 3  # 6 steps an epoch: saves at 3, 6 (epoch end), 9, 12, 15
+    rng = random.Random()
+    kill_at, delay = rng.randint(every + 1, steps - 4), rng.uniform(0.0, 0.5)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONHASHSEED": "0",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+
+    def command(name: str) -> list[str]:
+        cfg = tiny_config(demo40, tmp_path / name, f"train.max_steps={steps}",
+                          f"train.save_every_steps={every}", "train.num_threads=1")  # fmt: skip
+        config_file = tmp_path / f"{name}.yaml"
+        cfg.save(config_file)
+        return [sys.executable, "-m", "makevl.cli", "train", "--config", str(config_file)]
+
+    def run_to_the_end(args: list[str]) -> None:
+        done = subprocess.run(
+            args, check=False, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    run_to_the_end(command("straight"))
+    out = tmp_path / "killed"
+    process = subprocess.Popen(command("killed"), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "metrics.jsonl").exists() and max(losses(out), default=0) >= kill_at):
+            assert time.monotonic() < deadline, "training did not reach the kill point in 120 s"
+            time.sleep(0.05)
+        time.sleep(delay)
+        process.kill()  # SIGKILL: no handler runs, no checkpoint is written
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    where = f"killed at step {kill_at} + {delay:.2f} s"
+    assert process.returncode == -signal.SIGKILL, f"{where}: the run ended before the kill"
+    saved = load_trainer_state(out / "last")["step"]
+    assert 0 <= max(losses(out)) - saved <= every, f"{where}: lost {max(losses(out)) - saved}"
+
+    run_to_the_end(command("killed") + ["--resume"])
+    assert not list(out.glob(".*.tmp-*")), f"{where}: unfinished saves left behind"
+    straight = load_file(tmp_path / "straight" / "last" / "model.safetensors")
+    resumed = load_file(out / "last" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    different = [k for k in straight if not torch.equal(straight[k], resumed[k])]
+    assert not different, f"{where}: weights differ after resume: {different[:5]}"
+    assert losses(tmp_path / "straight") == losses(out)  # re-run steps logged their loss again
 
 
 def test_schedule_warms_up_then_decays_to_zero():

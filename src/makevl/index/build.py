@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from makevl.data.catalog import Product, RowError
 from makevl.index.backends import DEFAULT_BACKEND, create_backend
-from makevl.index.encoders import Encoder, encoder_from_spec
+from makevl.index.encoders import Encoder, encoder_from_manifest, model_folder, store_model
 from makevl.index.store import (
     FORMAT_VERSION,
     PRODUCT_SCHEMA,
@@ -220,6 +220,8 @@ def build_index(
             writer.close()
             # One upsert of everything: an ANN index is trained on the whole catalog.
             backend.upsert(np.arange(next_id, dtype=np.int64), np.concatenate(chunks))
+            if encoder_spec.get("type") == "checkpoint":  # the index keeps its own copy
+                encoder_spec = store_model(encoder_spec["path"], version, model_hash)
             now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             manifest = {
                 "format": FORMAT_VERSION,
@@ -281,6 +283,9 @@ def update_index(
 
         version = new_version(index_dir)
         try:
+            if manifest["encoder"].get("type") == "checkpoint":  # carried to the new version
+                store_model(model_folder(manifest["encoder"], stored.path), version,
+                            manifest["model_hash"])  # fmt: skip
             products, vectors_new, weights_new = _encode_new(
                 add, manifest, encoder, model_hash, report, chunk_size, batch_size, progress
             )
@@ -334,7 +339,7 @@ def _encode_new(
     if first is None:  # nothing to add: no need to load a model
         return products, vectors[0], weights[0]
     if encoder is None:
-        encoder, model_hash = encoder_from_spec(manifest["encoder"])
+        encoder, model_hash = encoder_from_manifest(manifest, report.index_dir)
     else:
         model_hash = model_hash or getattr(encoder, "model_hash", None)
     check_model(manifest, model_hash, report.index_dir)

@@ -7,7 +7,10 @@ with those two methods is an :class:`Encoder`. The trained MAKE model is one;
 index, the server and their tests run without a checkpoint.
 
 Every index remembers which encoder built it (``spec``) and a hash of its
-weights (``model_hash``), so queries are never scored by a different model.
+weights (``model_hash``), so queries are never scored by a different model. A
+checkpoint's model files are copied into the index (``model/``), and the spec
+names that folder relative to the index: the index keeps working when it is
+moved or the checkpoint is deleted, and a model swapped in is refused by hash.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import numpy as np
 from makevl.data.catalog import Product
 from makevl.data.text import words
 from makevl.files import file_sha256
+from makevl.index.errors import IndexFileError, ModelMismatchError
+from makevl.index.store import MODEL_DIR
 
 OnError = Callable[[Product, Exception], None]
 
@@ -111,7 +116,11 @@ def checkpoint_hash(checkpoint: str | Path) -> str:
 
 
 def load_checkpoint_encoder(checkpoint: str | Path) -> tuple[Encoder, dict[str, Any], str, dict]:
-    """Load a trained MAKE model: ``(encoder, spec, model_hash, run_config_dict)``."""
+    """Load a trained MAKE model: ``(encoder, spec, model_hash, run_config_dict)``.
+
+    ``spec["path"]`` is the checkpoint's absolute path: :func:`store_model` copies
+    it into the index being built and records the copy instead.
+    """
     from makevl.models.checkpoint import load_checkpoint, resolve_checkpoint
     from makevl.models.inference import MakeEncoder
 
@@ -121,13 +130,61 @@ def load_checkpoint_encoder(checkpoint: str | Path) -> tuple[Encoder, dict[str, 
     return MakeEncoder(model), spec, checkpoint_hash(directory), cfg.model_dump(mode="json")
 
 
-def encoder_from_spec(spec: dict[str, Any]) -> tuple[Encoder, str]:
-    """Rebuild the encoder a manifest names: ``(encoder, model_hash)``."""
+def store_model(checkpoint: str | Path, version: Path, model_hash: str) -> dict[str, Any]:
+    """Copy a checkpoint into index version ``version`` and return the spec to record.
+
+    The copy must still hash to ``model_hash`` (the weights the catalog was
+    encoded with), so a checkpoint replaced mid-build is caught here.
+    """
+    from makevl.models.checkpoint import WEIGHTS, copy_checkpoint
+
+    folder = copy_checkpoint(checkpoint, version / MODEL_DIR)
+    actual = file_sha256(folder / WEIGHTS)
+    if actual != model_hash:
+        raise ModelMismatchError(
+            f"{checkpoint}: the weights changed while the index was built (sha256 "
+            f"{actual[:16]}..., the catalog was encoded with {model_hash[:16]}...); build again"
+        )
+    return {"type": "checkpoint", "path": MODEL_DIR}
+
+
+def model_folder(spec: dict[str, Any], index_dir: str | Path) -> Path:
+    """The index's own copy of its checkpoint; a path outside the index is never followed."""
+    path = Path(str(spec.get("path", "")))
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise EncoderSpecError(
+            f"{index_dir}: the manifest names its model by the path {str(path)!r}, not a "
+            f"folder inside the index (indexes built before makevl copied the model in); "
+            "rebuild the index"
+        )
+    return Path(index_dir) / path
+
+
+def encoder_from_manifest(manifest: dict[str, Any], index_dir: str | Path) -> tuple[Encoder, str]:
+    """Rebuild the encoder that built the index at ``index_dir``: ``(encoder, model_hash)``.
+
+    A checkpoint encoder is loaded from the model folder inside the index, once
+    its weights are checked against the manifest's ``model_hash``.
+    """
+    spec = manifest["encoder"]
     kind = spec.get("type")
     if kind == "hashing":
         encoder = HashingEncoder(int(spec["dim"]))
         return encoder, encoder.model_hash
     if kind == "checkpoint":
-        encoder, _spec, model_hash, _cfg = load_checkpoint_encoder(spec["path"])
-        return encoder, model_hash
+        from makevl.models.checkpoint import WEIGHTS, load_checkpoint
+        from makevl.models.inference import MakeEncoder
+
+        weights = model_folder(spec, index_dir) / WEIGHTS
+        if not weights.is_file():
+            raise IndexFileError(f"{weights}: missing from the index; rebuild the index")
+        actual = file_sha256(weights)
+        if actual != manifest["model_hash"]:
+            raise IndexFileError(
+                f"{weights}: sha256 {actual[:16]}... is not the model_hash "
+                f"{manifest['model_hash'][:16]}... the index was built with; the model was "
+                "altered, rebuild the index"
+            )
+        model, _cfg, _vocab = load_checkpoint(weights.parent)
+        return MakeEncoder(model), actual
     raise EncoderSpecError(f"unknown encoder type {kind!r} in index manifest")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from makevl.index.encoders import Encoder, encoder_from_spec, load_checkpoint_encoder
+from makevl.index.encoders import Encoder, encoder_from_manifest, load_checkpoint_encoder
 from makevl.index.store import (
     MODALITIES,
     PRODUCTS_FILE,
@@ -67,7 +67,7 @@ class Searcher:
         if encoder is None and checkpoint is not None:
             encoder, _spec, model_hash, _cfg = load_checkpoint_encoder(checkpoint)
         elif encoder is None:
-            encoder, model_hash = encoder_from_spec(self.manifest["encoder"])
+            encoder, model_hash = encoder_from_manifest(self.manifest, self.path)
         else:
             model_hash = model_hash or getattr(encoder, "model_hash", None)
         check_model(self.manifest, model_hash, self.index_dir)

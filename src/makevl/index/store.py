@@ -5,13 +5,16 @@ An index directory holds
 - the vector backend's files (FAISS: ``index.faiss``, ``vectors.npy``, ``ids.npy``;
   see :mod:`makevl.index.backends`), holding one vector per ``vector_id`` below
 - ``products.parquet``  one row per product: what a search result shows
+- ``model/``            the index's own copy of the checkpoint that encoded it (none
+                        for the hashing encoder), so the index is self-contained
 - ``manifest.json``     model hash, encoder, config, dim, count, backend and its
                         options, times and the SHA-256 of every file above; written last
 
 ``DIR`` is a symlink to a version directory ``DIR.versions/<stamp>``. A build or
 an update writes a new version next to the current one and swaps the symlink
 with one ``rename``, so a crash at any point leaves the previous index intact
-and readers never see half an index.
+and readers never see half an index; the next build or update removes versions
+a crash left unpublished.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from makevl.index.errors import IndexFileError, IndexStoreError, ModelMismatchEr
 FORMAT_VERSION = 2  # 2: vector backends, modality_weights
 MANIFEST = "manifest.json"
 PRODUCTS_FILE = "products.parquet"
+MODEL_DIR = "model"
 MODALITIES = ("title", "image", "fused")  # the order of the modality_weights column
 
 PRODUCT_SCHEMA = pa.schema(
@@ -71,7 +75,21 @@ def writer_lock(index_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise IndexStoreError(f"{index_dir}: another build or update is writing this index")
+        remove_unpublished(index_dir)
         yield
+
+
+def remove_unpublished(index_dir: Path) -> None:
+    """Remove the versions (and link files) that a crashed build or update left behind.
+
+    Only called under the writer lock: then every version but the published one is stale.
+    """
+    current = index_dir.resolve() if index_dir.is_symlink() else None
+    for path in versions_dir(index_dir).iterdir():
+        if path.is_dir() and path.resolve() != current:
+            shutil.rmtree(path, ignore_errors=True)
+    for link in index_dir.parent.glob(f".{index_dir.name}.link-*"):
+        link.unlink(missing_ok=True)
 
 
 def new_version(index_dir: Path) -> Path:
@@ -120,6 +138,8 @@ def write_version(
     if table is not None:
         pq.write_table(table, version / PRODUCTS_FILE, row_group_size=1024)
     names = [*backend.save(version), PRODUCTS_FILE]
+    if (version / MODEL_DIR).is_dir():  # checksummed too: a swapped model is refused
+        names += sorted(f"{MODEL_DIR}/{p.name}" for p in (version / MODEL_DIR).iterdir())
     manifest = {
         **manifest,
         "dim": backend.dim,

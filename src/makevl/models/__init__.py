@@ -18,6 +18,7 @@ _EXPORTS = {
     "register_text_tower": "backbones",
     "CheckpointError": "checkpoint",
     "checkpoint_hash": "checkpoint",
+    "copy_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     "resolve_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",

@@ -8,8 +8,9 @@ open formats:
 - ``keywords.json``      the keyword vocabulary the keyword head predicts
 
 Training adds its own state file (see :mod:`makevl.training.checkpoint`).
-Writes go to a temporary sibling directory that is swapped into place, so a
-crash or a full disk mid-write leaves the previous checkpoint intact.
+Writes go to a temporary sibling directory ``.NAME.tmp-PID`` that is swapped
+into place, so a crash or a full disk mid-write leaves the previous checkpoint
+intact; the next save removes such folders whose process is gone.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 KEYWORDS = "keywords.json"
+MODEL_FILES = (WEIGHTS, CONFIG, KEYWORDS)  # what eval, index and serve need
 
 
 class CheckpointError(FileNotFoundError):
@@ -55,6 +57,7 @@ def save_checkpoint(
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_saves(directory.parent)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -72,6 +75,32 @@ def save_checkpoint(
     return directory
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_saves(folder: str | Path) -> list[Path]:
+    """Remove the ``.NAME.tmp-PID`` folders in ``folder`` left by saves killed midway.
+
+    A folder whose process still runs is another save in progress and is kept.
+    """
+    removed = []
+    for path in Path(folder).glob(".*.tmp-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if path.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d unfinished checkpoint folders: %s", len(removed), removed)
+    return removed
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """Accept a checkpoint directory or a run directory (its ``best/``, else ``last/``)."""
     path = Path(path)
@@ -85,6 +114,25 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(
         f"no checkpoint at {path}: expected {WEIGHTS} there or in its best/ or last/ folder"
     )
+
+
+def copy_checkpoint(path: str | Path, target: str | Path) -> Path:
+    """Copy a checkpoint's model files (not the trainer state) into folder ``target``.
+
+    Files are hard-linked where the filesystem allows: checkpoints are replaced
+    by renames, never rewritten in place, so a link stays the bytes it was.
+    """
+    source, target = resolve_checkpoint(path), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        if not (source / name).is_file():
+            raise CheckpointError(f"{source}: {name} missing")
+        try:
+            os.link(source / name, target / name)
+        except OSError:  # another filesystem, or links not allowed
+            shutil.copyfile(source / name, target / name)
+    fsync_tree(target)
+    return target
 
 
 def checkpoint_hash(path: str | Path) -> str:

@@ -9,8 +9,10 @@ a different backbone or size never reads stale features.
 Inside that directory each build writes one shard: ``<shard>.<array>.npy``
 files (float16, memory-mapped on read, so DataLoader workers share pages)
 and ``<shard>.keys.json`` written last as the commit marker. A product's key
-is a hash of its id plus its image file's size and mtime (or the image
-bytes), or of the title text, so an edited product is encoded again.
+is a hash of its id plus its image file's size, mtime and path relative to the
+catalog's folder (or the image bytes), or of the title text, so an edited
+product is encoded again, but the same shop reached by another path (a moved
+checkout, a mounted volume) is not.
 """
 
 from __future__ import annotations
@@ -56,15 +58,21 @@ def tower_fingerprint(module: nn.Module, *settings: Any) -> str:
 
 
 def image_key(product: Product) -> str:
-    """Id plus file size and mtime (or the bytes themselves): changes when the image does."""
+    """Id plus file size, mtime and path relative to the catalog (or the bytes themselves).
+
+    Changes when the image does, not when the whole shop moves.
+    """
     if isinstance(product.image, (bytes, bytearray)):
         source = hashlib.sha1(product.image).hexdigest()
     elif product.image:
+        where = product.image
+        if product.source:
+            where = os.path.relpath(product.image, os.path.dirname(os.path.abspath(product.source)))
         try:
-            stat = Path(product.image).stat()
-            source = f"{product.image}|{stat.st_size}|{stat.st_mtime_ns}"
+            stat = os.stat(product.image)
+            source = f"{where}|{stat.st_size}|{stat.st_mtime_ns}"
         except OSError:
-            source = f"{product.image}|missing"
+            source = f"{where}|missing"
     else:
         source = "no image"
     return hashlib.sha1(f"{product.id}|{source}".encode()).hexdigest()

@@ -3,7 +3,8 @@
 The loop is plain PyTorch (as nanoGPT / open_clip): AdamW with linear warmup
 and cosine decay, gradient accumulation, clipping, optional bf16 autocast,
 DDP when ``torchrun`` starts several ranks. A checkpoint is written at every
-validation and at the end; ``resume=True`` continues from ``out_dir/last``
+validation, every ``train.save_every_steps`` steps and at the end;
+``resume=True`` continues from ``out_dir/last``
 on the same step with the same data order, and SIGINT/SIGTERM stop the run
 cleanly at the next step boundary with a checkpoint to resume from.
 """
@@ -653,6 +654,8 @@ class Trainer:
                 ):
                     self.validate()
                     self.save()
+                elif t.save_every_steps and self.step % t.save_every_steps == 0:
+                    self.save()  # a crash now costs at most save_every_steps steps
                 tick = time.perf_counter()
                 if self.step >= self.total_steps:
                     break
