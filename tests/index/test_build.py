@@ -10,6 +10,7 @@ from index.index_testing import PRODUCTS, build, write_catalog
 from makevl.data.catalog import Product, RowError, iter_catalog
 from makevl.index.build import update_index
 from makevl.index.encoders import HashingEncoder
+from makevl.index.lexical import LEXICAL_FILES
 from makevl.index.search import Searcher
 from makevl.index.store import IndexStoreError, ModelMismatchError, read_manifest
 
@@ -33,7 +34,9 @@ def test_manifest_records_model_files_and_config(index_dir):
     assert manifest["dim"] == 32 and manifest["count"] == len(PRODUCTS)
     assert manifest["backend"] == "faiss" and manifest["index_type"] == "Flat"  # small: exact
     assert manifest["backend_options"] == {"factory": "HNSW32", "exact_threshold": 50_000}
-    assert set(manifest["files"]) == {"index.faiss", "vectors.npy", "ids.npy", "products.parquet"}
+    assert set(manifest["files"]) == {
+        "index.faiss", "vectors.npy", "ids.npy", "products.parquet", *LEXICAL_FILES
+    }
     assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
     assert manifest["created"]
 

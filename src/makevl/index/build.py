@@ -1,7 +1,8 @@
 """Build a product index from a catalog stream, and update it without re-encoding.
 
 Products are encoded in chunks as they stream in (a tqdm bar shows progress),
-their display fields go to Parquet chunk by chunk, and the vectors go into a
+their display fields go to Parquet chunk by chunk, their words to the BM25
+channel (:mod:`makevl.index.lexical`), and the vectors go into a
 vector backend at the end (FAISS by default; see :mod:`makevl.index.backends`).
 Every row that is not indexed is reported with its reason.
 
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 from makevl.data.catalog import Product, RowError
 from makevl.index.backends import DEFAULT_BACKEND, create_backend
 from makevl.index.encoders import Encoder, encoder_from_manifest, model_folder, store_model
+from makevl.index.lexical import LEXICAL_FILES, LexicalIndex
 from makevl.index.store import (
     FORMAT_VERSION,
     PRODUCT_SCHEMA,
@@ -197,6 +199,7 @@ def build_index(
     with writer_lock(index_dir):
         version = new_version(index_dir)
         writer, backend, chunks, next_id = None, None, [], 0
+        lexical_parts: list[LexicalIndex] = []
         image_roots: set[str] = set()
         try:
             with tqdm(total=total, unit="product", desc="encoding", disable=not progress) as bar:
@@ -214,6 +217,7 @@ def build_index(
                     next_id += len(products)
                     writer.write_table(product_table(products, weights, ids), row_group_size=1024)
                     chunks.append(chunk_vectors)
+                    lexical_parts.append(LexicalIndex.from_products(products, ids))
                     image_roots |= catalog_folders(products)
             if writer is None:
                 raise _no_products(report.skipped)
@@ -235,7 +239,8 @@ def build_index(
                 "created": now,
                 "updated": now,
             }
-            write_version(index_dir, version, manifest, backend)
+            lexical_files = LexicalIndex.concatenate(lexical_parts).save(version)
+            write_version(index_dir, version, manifest, backend, other_files=lexical_files)
         except BaseException:
             if writer is not None:
                 writer.close()
@@ -302,6 +307,13 @@ def update_index(
             backend = stored.backend
             backend.delete(removed_ids)
             backend.upsert(added_ids, vectors_new)
+            lexical_files = []
+            if LEXICAL_FILES[0] in manifest["files"]:  # indexes built before it have none
+                lexical = LexicalIndex.concatenate([
+                    LexicalIndex.load(stored.path).without(removed_ids),
+                    LexicalIndex.from_products(products, added_ids),
+                ])
+                lexical_files = lexical.save(version)
             manifest.update(
                 next_id=int(next_id + len(products)),
                 image_roots=sorted(
@@ -309,7 +321,9 @@ def update_index(
                 ),
                 updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             )
-            write_version(index_dir, version, manifest, backend, new_table)
+            write_version(
+                index_dir, version, manifest, backend, new_table, other_files=lexical_files
+            )
         except BaseException:
             shutil.rmtree(version, ignore_errors=True)
             raise

@@ -125,9 +125,10 @@ def load_checkpoint_encoder(checkpoint: str | Path) -> tuple[Encoder, dict[str, 
     from makevl.models.inference import MakeEncoder
 
     directory = resolve_checkpoint(checkpoint).resolve()
-    model, cfg, _vocab = load_checkpoint(directory)
+    model, cfg, vocab = load_checkpoint(directory)
     spec = {"type": "checkpoint", "path": str(directory)}
-    return MakeEncoder(model), spec, checkpoint_hash(directory), cfg.model_dump(mode="json")
+    encoder = MakeEncoder(model, keywords=vocab.keywords)
+    return encoder, spec, checkpoint_hash(directory), cfg.model_dump(mode="json")
 
 
 def store_model(checkpoint: str | Path, version: Path, model_hash: str) -> dict[str, Any]:
@@ -185,6 +186,6 @@ def encoder_from_manifest(manifest: dict[str, Any], index_dir: str | Path) -> tu
                 f"{manifest['model_hash'][:16]}... the index was built with; the model was "
                 "altered, rebuild the index"
             )
-        model, _cfg, _vocab = load_checkpoint(weights.parent)
-        return MakeEncoder(model), actual
+        model, _cfg, vocab = load_checkpoint(weights.parent)
+        return MakeEncoder(model, keywords=vocab.keywords), actual
     raise EncoderSpecError(f"unknown encoder type {kind!r} in index manifest")

@@ -1,9 +1,17 @@
-"""Query an index: text in, products with scores and Modal Adaptation weights out."""
+"""Query an index: text in, products with scores and Modal Adaptation weights out.
+
+Beside the MAKE vectors a search can restrict results to products whose stored
+attributes match (``filters``: values of one attribute OR-ed, attributes
+AND-ed; still exactly the top ``k`` of the matching products), fuse in the
+BM25 channel (``mode="hybrid"``, see :mod:`makevl.index.lexical`), and say which
+catalog keywords Keyword Enhancement attached to a query (:meth:`Searcher.query_keywords`).
+"""
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,14 +20,76 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from makevl.index.encoders import Encoder, encoder_from_manifest, load_checkpoint_encoder
+from makevl.index.lexical import LEXICAL_FILES, RRF_K, LexicalIndex, reciprocal_rank_fusion
 from makevl.index.store import (
     MODALITIES,
     PRODUCTS_FILE,
     IndexFileError,
+    IndexStoreError,
     ModelMismatchError,
     check_model,
     load_stored,
 )
+
+MODES = ("vector", "hybrid")  # MAKE vectors only; MAKE and BM25 fused by reciprocal rank
+Filters = Mapping[str, str | Sequence[str]]  # attribute -> the values it may have
+
+
+class UnknownFilterError(ValueError):
+    """A filter names an attribute no product in the index has."""
+
+
+class NoLexicalChannelError(IndexStoreError):
+    """``mode="hybrid"`` on an index built without the BM25 channel."""
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How ``mode="hybrid"`` merges the channels: reciprocal rank fusion of each channel's
+    top ``depth`` (a product scores ``weight / (rrf_k + rank)`` per channel that finds it).
+    A channel of weight 0 is left out."""
+
+    vector_weight: float = 1.0
+    lexical_weight: float = 1.0
+    rrf_k: float = RRF_K
+    depth: int = 100
+
+    def __post_init__(self) -> None:
+        if min(self.vector_weight, self.lexical_weight) < 0 or not (
+            self.vector_weight or self.lexical_weight
+        ):
+            raise ValueError("fusion weights must be >= 0 and not both 0")
+        if self.rrf_k <= 0 or self.depth < 1:
+            raise ValueError(f"rrf_k must be > 0 and depth >= 1, got {self.rrf_k}, {self.depth}")
+
+
+def parse_filters(items: Iterable[str]) -> dict[str, list[str]]:
+    """``["gender:Women", "articleType:Heels"]`` -> ``{"gender": ["Women"], ...}``.
+
+    The attribute ends at the first ``:``; both are compared exactly as stored.
+    """
+    filters: dict[str, list[str]] = {}
+    for item in items:
+        name, colon, value = item.partition(":")
+        if not colon or not name:
+            raise ValueError(f"filter {item!r} is not ATTRIBUTE:VALUE")
+        filters.setdefault(name, []).append(value)
+    return filters
+
+
+def _attribute_postings(
+    attributes: list[str | None], vector_ids: np.ndarray
+) -> dict[str, dict[str, np.ndarray]]:
+    """attribute -> value -> the sorted vector ids of the products with it."""
+    lists: dict[str, dict[str, list[int]]] = {}
+    for vector_id, text in zip(vector_ids.tolist(), attributes):
+        for name, value in json.loads(text or "{}").items():
+            if value not in (None, ""):
+                lists.setdefault(name, {}).setdefault(str(value), []).append(vector_id)
+    return {
+        name: {value: np.sort(np.asarray(ids, np.int64)) for value, ids in values.items()}
+        for name, values in lists.items()
+    }
 
 
 @dataclass
@@ -27,7 +97,7 @@ class Hit:
     """One search result (or one stored product, with ``score`` 0)."""
 
     id: str
-    score: float
+    score: float  # inner product (mode "vector") or fused reciprocal-rank score ("hybrid")
     title: str
     image: str | None  # absolute catalog path, "embedded" when the index holds the bytes, or None
     modality_weights: dict[str, float]  # Modal Adaptation: weight of the title, image, fused
@@ -85,6 +155,15 @@ class Searcher:
         self.image_paths = table.column("image_path").combine_chunks()
         self.embedded = table.column("image_embedded").to_numpy(zero_copy_only=False)
         self.attributes = table.column("attributes").combine_chunks()
+        self.postings = _attribute_postings(self.attributes.to_pylist(), vector_ids)
+        self.lexical: LexicalIndex | None = None
+        if LEXICAL_FILES[0] in self.manifest["files"]:  # indexes built before it have none
+            self.lexical = LexicalIndex.load(self.path)
+            if len(self.lexical) != len(self.ids):
+                raise IndexFileError(
+                    f"{self.path}: the lexical channel has {len(self.lexical)} products, the "
+                    f"index {len(self.ids)}; rebuild the index"
+                )
         weights = table.column("modality_weights").combine_chunks().flatten()
         self.modality_weights = weights.to_numpy().reshape(-1, len(MODALITIES))
         # Embedded image bytes stay on disk; read one row group on request.
@@ -116,11 +195,31 @@ class Searcher:
             attributes=json.loads(self.attributes[row].as_py() or "{}"),
         )
 
-    def search(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
-        """Top-``k`` products for each query, best first."""
+    def search(
+        self,
+        queries: list[str],
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        mode: str = "vector",
+        fusion: Fusion | None = None,
+    ) -> list[list[Hit]]:
+        """Top-``k`` products for each query, best first.
+
+        ``filters`` keeps products whose attributes match (see :meth:`allowed_ids`);
+        ``mode="hybrid"`` fuses the MAKE and BM25 rankings as ``fusion`` says.
+        """
+        if mode not in MODES:
+            raise ValueError(f"unknown search mode {mode!r}; expected one of {MODES}")
+        if mode == "hybrid" and self.lexical is None:
+            raise NoLexicalChannelError(
+                f"{self.index_dir} has no lexical channel (built before it existed); rebuild it "
+                "with `makevl index build` to search with mode=hybrid"
+            )
+        allowed = self.allowed_ids(filters)
         if not queries:
             return []
-        if len(self) == 0:
+        if len(self) == 0 or (allowed is not None and len(allowed) == 0):
             return [[] for _ in queries]
         vectors = np.ascontiguousarray(self.encoder.encode_queries(list(queries)), dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
@@ -128,7 +227,9 @@ class Searcher:
                 f"{self.index_dir}: index vectors have dim {self.dim}, the query encoder gives "
                 f"shape {vectors.shape}"
             )
-        scores, vector_ids = self.backend.search(vectors, min(k, len(self)))
+        if mode == "hybrid":
+            return self._hybrid(queries, vectors, k, allowed, fusion or Fusion())
+        scores, vector_ids = self.backend.search(vectors, min(k, len(self)), allowed)
         results = []
         for score_row, id_row in zip(scores, vector_ids):
             hits = []
@@ -138,6 +239,71 @@ class Searcher:
                 hits.append(self._hit(int(self.row_of_vector[vid]), float(score)))
             results.append(hits)
         return results
+
+    def _hybrid(
+        self,
+        queries: list[str],
+        vectors: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        fusion: Fusion,
+    ) -> list[list[Hit]]:
+        depth = min(max(k, fusion.depth), len(self))
+        _, vector_ids = self.backend.search(vectors, depth, allowed)
+        lexical = self.lexical.search(queries, depth, allowed)
+        results = []
+        for vector_row, (lexical_ids, _) in zip(vector_ids, lexical):
+            channels = [
+                (ranking, weight)
+                for ranking, weight in (
+                    (vector_row[vector_row >= 0].tolist(), fusion.vector_weight),
+                    (lexical_ids.tolist(), fusion.lexical_weight),
+                )
+                if weight > 0
+            ]
+            fused = reciprocal_rank_fusion(*zip(*channels), rrf_k=fusion.rrf_k)[:k]
+            results.append([self._hit(int(self.row_of_vector[v]), s) for v, s in fused])
+        return results
+
+    def allowed_ids(self, filters: Filters | None) -> np.ndarray | None:
+        """Vector ids of the products matching ``filters`` (None: no filter, all match).
+
+        A product matches when, for every attribute named, its value is one of those
+        given (exact, case-sensitive). An attribute with no values given is no constraint.
+        """
+        allowed = None
+        for name, values in (filters or {}).items():
+            if name not in self.postings:
+                raise UnknownFilterError(
+                    f"unknown filter attribute {name!r}; the products of this index have "
+                    f"{', '.join(map(repr, self.postings)) or 'no attributes'}"
+                )
+            values = [values] if isinstance(values, str) else list(values)
+            if not values:
+                continue
+            postings, none = self.postings[name], np.zeros(0, np.int64)
+            matching = np.unique(np.concatenate([none, *(postings.get(v, none) for v in values)]))
+            if allowed is not None:
+                matching = np.intersect1d(allowed, matching, assume_unique=True)
+            allowed = matching
+        return allowed
+
+    def facets(self, top: int = 20) -> dict[str, list[tuple[str, int]]]:
+        """Per attribute, its ``top`` most common values with their product counts."""
+        return {
+            name: sorted(((v, len(ids)) for v, ids in values.items()), key=lambda p: (-p[1], p[0]))[
+                :top
+            ]
+            for name, values in self.postings.items()
+        }
+
+    def query_keywords(self, queries: list[str], top: int = 5) -> list[list[tuple[str, float]]]:
+        """The catalog keywords Keyword Enhancement attached to each query, with their attention
+        weights, strongest first; empty for a model without KE (or a stand-in encoder)."""
+        explain = getattr(self.encoder, "query_keywords", None)
+        if explain is None:
+            return [[] for _ in queries]
+        return explain(list(queries), top)
 
     def product(self, product_id: str) -> Hit | None:
         row = self.row_of_id.get(product_id)
@@ -163,4 +329,14 @@ class Searcher:
         return self._image_bytes(row) if self.embedded[row] else None
 
 
-__all__ = ["Hit", "IndexFileError", "ModelMismatchError", "Searcher"]
+__all__ = [
+    "MODES",
+    "Fusion",
+    "Hit",
+    "IndexFileError",
+    "ModelMismatchError",
+    "NoLexicalChannelError",
+    "Searcher",
+    "UnknownFilterError",
+    "parse_filters",
+]

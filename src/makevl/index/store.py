@@ -7,6 +7,7 @@ An index directory holds
 - ``products.parquet``  one row per product: what a search result shows
 - ``model/``            the index's own copy of the checkpoint that encoded it (none
                         for the hashing encoder), so the index is self-contained
+- ``lexical.npz``, ``lexical_terms.json``  the BM25 channel (:mod:`makevl.index.lexical`)
 - ``manifest.json``     model hash, encoder, config, dim, count, backend and its
                         options, times and the SHA-256 of every file above; written last
 
@@ -25,7 +26,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,12 +133,14 @@ def write_version(
     manifest: dict[str, Any],
     backend: VectorBackend,
     table: pa.Table | None = None,
+    other_files: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write the index files into ``version`` (the table may already be there), checksum
-    them, write the manifest last and publish. Returns the manifest written."""
+    them and ``other_files`` already written there (e.g. the lexical channel's), write the
+    manifest last and publish. Returns the manifest written."""
     if table is not None:
         pq.write_table(table, version / PRODUCTS_FILE, row_group_size=1024)
-    names = [*backend.save(version), PRODUCTS_FILE]
+    names = [*backend.save(version), PRODUCTS_FILE, *other_files]
     if (version / MODEL_DIR).is_dir():  # checksummed too: a swapped model is refused
         names += sorted(f"{MODEL_DIR}/{p.name}" for p in (version / MODEL_DIR).iterdir())
     manifest = {

@@ -60,11 +60,13 @@ def chunks(items: Iterable[Product], size: int) -> Iterator[list[Product]]:
 class MakeEncoder:
     """A :class:`MakeModel` with its preprocessing: texts and products in, numpy out.
 
-    It is the index's ``Encoder``; ``model`` is the wrapped module.
+    It is the index's ``Encoder``; ``model`` is the wrapped module, ``keywords`` its
+    keyword vocabulary (the checkpoint's), needed only by :meth:`query_keywords`.
     """
 
-    def __init__(self, model: MakeModel) -> None:
+    def __init__(self, model: MakeModel, keywords: list[str] | None = None) -> None:
         self.model = model
+        self.keywords = keywords
 
     # ---------------------------------------------------------------- preprocessing
 
@@ -107,6 +109,30 @@ class MakeEncoder:
             return np.concatenate(out)
         finally:
             model.train(was_training)
+
+    @torch.no_grad()
+    def query_keywords(self, texts: list[str], top: int = 5) -> list[list[tuple[str, float]]]:
+        """Per query, the ``top`` keywords Keyword Enhancement attends to most, with their
+        attention weights; empty lists for a model without KE or without ``keywords``."""
+        model = self.model
+        if not (model.keyword_enhanced and self.keywords) or not texts:
+            return [[] for _ in texts]
+        if len(self.keywords) != model.num_keywords:
+            raise ValueError(
+                f"{len(self.keywords)} keywords for a keyword memory of {model.num_keywords}"
+            )
+        was_training = model.training
+        model.eval()
+        try:
+            tokens = self.tokenize_queries(texts)
+            _, q = model.encode_query_pair(**{k: v.to(model.device) for k, v in tokens.items()})
+            weights, best = model.keyword_attention(q).topk(min(top, model.num_keywords), dim=-1)
+        finally:
+            model.train(was_training)
+        return [
+            [(self.keywords[i], w) for i, w in zip(row_ids.tolist(), row_weights.tolist())]
+            for row_ids, row_weights in zip(best, weights)
+        ]
 
     def encode_products(
         self, products: Iterable[Product], batch_size: int = 64, on_error: OnError | None = None

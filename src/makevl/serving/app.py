@@ -1,7 +1,8 @@
 """The search server: a FastAPI app over one :class:`~makevl.index.search.Searcher`.
 
-Endpoints: ``GET /search?q=&k=``, ``POST /search`` (a batch), ``GET
-/products/{id}``, ``GET /products/{id}/image``, ``GET /healthz``, ``GET
+Endpoints: ``GET /search?q=&k=`` (with optional ``filter=attr:value``,
+``mode=hybrid`` and ``explain=true``), ``POST /search`` (a batch), ``GET /facets``,
+``GET /products/{id}``, ``GET /products/{id}/image``, ``GET /healthz``, ``GET
 /metrics`` and the web page at ``/``. Every input is validated by pydantic
 with explicit limits; bad input gets a 422 whose ``detail`` says what is wrong,
 never a 500, and every error answer is documented in ``/openapi.json``. Request
@@ -14,9 +15,10 @@ folder (:mod:`makevl.serving.images`).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -32,7 +34,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from makevl.data.text import TextError, check_text
-from makevl.index.search import Hit, Searcher
+from makevl.index.search import (
+    Fusion,
+    Hit,
+    NoLexicalChannelError,
+    Searcher,
+    UnknownFilterError,
+    parse_filters,
+)
 from makevl.serving.images import MEDIA_TYPES, ImageRefused, image_roots, image_type, servable_image
 from makevl.serving.limits import BODY_TIMEOUT_S, MAX_BODY_BYTES, BodyLimits
 from makevl.serving.metrics import Metrics, MetricsMiddleware
@@ -42,6 +51,9 @@ MAX_QUERY_CHARS = 256
 MAX_K = 100
 MAX_BATCH = 64
 MAX_ID_CHARS = 512
+MAX_FILTERS = 32
+MAX_FILTER_CHARS = 256
+EXPLAINED_KEYWORDS = 5
 log = logging.getLogger("makevl.serving")
 # What the schema's pattern \S (an ECMAScript regex) calls white space; Python's
 # str.strip() also strips \x1c-\x1f and \x85, which the schema allows in a query.
@@ -78,15 +90,54 @@ ProductId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_CHARS)]
 TopK = Annotated[int, Field(ge=1, le=MAX_K, description=f"results per query, 1..{MAX_K}")]
 
 
-class SearchParams(BaseModel):
+def _clean_filter(text: str) -> str:
+    try:
+        parse_filters([check_text(text, "filter")])
+    except ValueError as exc:  # TextError included
+        raise PydanticCustomError("filter_invalid", str(exc)) from None
+    return text
+
+
+# Any ATTRIBUTE:VALUE; each app's /openapi.json names its index's attributes instead.
+ANY_FILTER = r"^[^:]+:"
+FilterText = Annotated[
+    str,
+    AfterValidator(_clean_filter),
+    Field(max_length=MAX_FILTER_CHARS, json_schema_extra={"pattern": ANY_FILTER}),
+]
+Weight = Annotated[float, Field(ge=0, le=100)]
+
+
+class SearchOptions(BaseModel):
+    """Filters, the retrieval mode and the query explanation: the same for GET and POST."""
+
+    filter: list[FilterText] = Field(
+        default_factory=list,
+        max_length=MAX_FILTERS,
+        description="ATTRIBUTE:VALUE, repeatable: values of one attribute are OR-ed, "
+        "attributes AND-ed; results stay the top k of the matching products",
+    )
+    mode: Literal["vector", "hybrid"] = Field(
+        "vector", description="vector: MAKE only; hybrid: MAKE and BM25 by reciprocal rank fusion"
+    )
+    vector_weight: Weight = Field(1.0, description="hybrid: weight of the MAKE ranking")
+    lexical_weight: Weight = Field(1.0, description="hybrid: weight of the BM25 ranking")
+    rrf_k: float = Field(60.0, gt=0, le=10_000, description="hybrid: the RRF constant k")
+    explain: bool = Field(
+        False, description="add the catalog keywords Keyword Enhancement attached to the query"
+    )
+
+
+class SearchParams(SearchOptions):
     q: QueryText = Field(description=f"the query, 1..{MAX_QUERY_CHARS} characters")
     k: TopK = 10
 
 
-class BatchSearch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BatchSearch(SearchOptions):
+    # strict: JSON types as the schema says them (no false for a number, no 0 for false)
+    model_config = ConfigDict(extra="forbid", strict=True)
     queries: list[QueryText] = Field(min_length=1, max_length=MAX_BATCH)
-    k: TopK = 10
+    k: Annotated[TopK, Field(strict=False)] = 10  # JSON Schema's integer includes 10.0
 
 
 class Problem(BaseModel):
@@ -138,17 +189,44 @@ class Result(ProductView):
     score: float
 
 
+class QueryKeyword(BaseModel):
+    """A catalog keyword Keyword Enhancement attached to the query, and its attention weight."""
+
+    keyword: str
+    weight: float
+
+
 class SearchResponse(BaseModel):
     query: str
     k: int
+    mode: str
+    filters: dict[str, list[str]]
     took_ms: float
     results: list[Result]
+    keywords: list[QueryKeyword] | None = None  # with explain=true
 
 
 class BatchResponse(BaseModel):
     k: int
+    mode: str
+    filters: dict[str, list[str]]
     took_ms: float
     results: list[list[Result]]
+    keywords: list[list[QueryKeyword]] | None = None  # with explain=true, one list per query
+
+
+class FacetValue(BaseModel):
+    value: str
+    count: int  # products with this value
+
+
+class Facet(BaseModel):
+    attribute: str
+    values: list[FacetValue]  # the most common first
+
+
+class Facets(BaseModel):
+    facets: list[Facet]
 
 
 def _product(hit: Hit) -> dict[str, Any]:
@@ -181,6 +259,33 @@ def _where(loc: tuple) -> str:
     if kind == "body":
         return "body" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in rest)
     return ".".join([str(kind), *rest])
+
+
+def _document_index(schema: dict[str, Any], searcher: Searcher) -> None:
+    """Say in the schema which filter attributes and modes this index serves; a request for
+    another one gets a 422 (walks the schema, changing it in place)."""
+    names = "|".join(re.sub(r"[\\^$.|?*+()\[\]{}/-]", r"\\\g<0>", n) for n in searcher.postings)
+    pattern = f"^({names}):" if names else "(?!)"  # no attributes: no filter is valid
+    modes = ["vector", "hybrid"] if searcher.lexical is not None else ["vector"]
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("pattern") == ANY_FILTER:
+                node["pattern"] = pattern
+            if node.get("enum") == ["vector", "hybrid"]:
+                node["enum"] = modes
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(schema)
+
+
+def _invalid(source: str, field: str, exc: Exception) -> RequestValidationError:
+    """A 422 (through the validation handler) for a value only the index can judge."""
+    return RequestValidationError([{"loc": (source, field), "msg": str(exc), "type": "value_error"}])
 
 
 def _unprocessable(errors: list[dict[str, str]]) -> JSONResponse:
@@ -246,25 +351,64 @@ def create_app(
             exc.headers = {"Allow": ", ".join(sorted(allowed))}
         return await http_exception_handler(request, exc)
 
+    def run_search(
+        queries: list[str], k: int, options: SearchOptions, source: str
+    ) -> dict[str, Any]:
+        """The search and the response fields all search routes share; a filter or mode
+        the index cannot serve is a 422 naming the parameter."""
+        start = time.perf_counter()
+        filters = parse_filters(options.filter)
+        fusion = None
+        if options.mode == "hybrid":
+            try:
+                fusion = Fusion(options.vector_weight, options.lexical_weight, options.rrf_k)
+            except ValueError as exc:
+                raise _invalid(source, "lexical_weight", exc) from None
+        try:
+            results = searcher.search(queries, k, filters=filters, mode=options.mode, fusion=fusion)
+        except UnknownFilterError as exc:
+            raise _invalid(source, "filter", exc) from None
+        except NoLexicalChannelError as exc:
+            raise _invalid(source, "mode", exc) from None
+        keywords = None
+        if options.explain:
+            keywords = [
+                [{"keyword": word, "weight": weight} for word, weight in found]
+                for found in searcher.query_keywords(queries, EXPLAINED_KEYWORDS)
+            ]
+        return {
+            "k": k,
+            "mode": options.mode,
+            "filters": filters,
+            "took_ms": (time.perf_counter() - start) * 1000,
+            "results": [[_result(h) for h in hits] for hits in results],
+            "keywords": keywords,
+        }
+
     @app.get("/search", response_model=SearchResponse, responses=_documented(422))
     def search(params: Annotated[SearchParams, Query()]) -> dict[str, Any]:
-        start = time.perf_counter()
-        hits = searcher.search([params.q], k=params.k)[0]
+        found = run_search([params.q], params.k, params, "query")
+        keywords = found["keywords"]
         return {
+            **found,
             "query": params.q,
-            "k": params.k,
-            "took_ms": (time.perf_counter() - start) * 1000,
-            "results": [_result(h) for h in hits],
+            "results": found["results"][0],
+            "keywords": keywords[0] if keywords is not None else None,
         }
 
     @app.post("/search", response_model=BatchResponse, responses=_documented(408, 413, 422))
     def search_batch(body: BatchSearch) -> dict[str, Any]:
-        start = time.perf_counter()
-        results = searcher.search(body.queries, k=body.k)
+        return run_search(body.queries, body.k, body, "body")
+
+    @app.get("/facets", response_model=Facets, responses=_documented(422))
+    def facets(
+        top: Annotated[int, Query(ge=1, le=100, description="values per attribute")] = 20,
+    ) -> dict[str, Any]:
         return {
-            "k": body.k,
-            "took_ms": (time.perf_counter() - start) * 1000,
-            "results": [[_result(h) for h in hits] for hits in results],
+            "facets": [
+                {"attribute": name, "values": [{"value": v, "count": n} for v, n in values]}
+                for name, values in searcher.facets(top).items()
+            ]
         }
 
     image_responses = {
@@ -336,4 +480,5 @@ def create_app(
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _document_index(app.openapi(), searcher)  # app.openapi() caches the schema it returns
     return app

@@ -104,6 +104,7 @@ class FaissBackend:
         self.ef_search, self.nprobe = ef_search, nprobe
         self.ids = np.zeros(0, dtype=np.int64)
         self.vectors = np.zeros((0, dim), dtype=np.float32)
+        self._sorted_ids: tuple[np.ndarray, np.ndarray] | None = None  # see _rows_of
         self._rebuild()
 
     @property
@@ -180,22 +181,57 @@ class FaissBackend:
     def search(
         self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` by inner product. With ``allowed_ids`` only those are searched: exactly
-        on a Flat index; an ANN index searches them as approximately as it searches all."""
+        """Top-``k`` by inner product. With ``allowed_ids`` only those are searched, exactly:
+        a Flat index filters exactly; an ANN index filters approximately, so fewer than
+        ``exact_threshold`` allowed ids, or a row that comes back short, are searched by
+        brute force over the stored vectors instead."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.count == 0:
             n = len(queries)
             return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
         if allowed_ids is None:
             return self.index.search(queries, k)
-        selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+        allowed_ids = np.ascontiguousarray(allowed_ids, dtype=np.int64)
+        if self._index_type != "Flat" and len(allowed_ids) < self.exact_threshold:
+            return self._exact_search(queries, k, allowed_ids)
+        selector = faiss.IDSelectorBatch(allowed_ids)
         if "IVF" in self._index_type:
             params = faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
         elif "HNSW" in self._index_type:
-            params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.ef_search)
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.ef_search, k))
         else:
             params = faiss.SearchParameters(sel=selector)
-        return self.index.search(queries, k, params=params)
+        scores, ids = self.index.search(queries, k, params=params)
+        short = (ids >= 0).sum(axis=1) < min(k, len(allowed_ids))
+        if short.any():  # the ANN walk found too few allowed neighbours
+            scores[short], ids[short] = self._exact_search(queries[short], k, allowed_ids)
+        return scores, ids
+
+    def _exact_search(
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Brute force over the stored vectors of ``allowed_ids`` (ids not held are ignored)."""
+        rows = self._rows_of(allowed_ids)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        if len(rows):
+            all_scores = queries @ np.asarray(self.vectors[rows]).T
+            top = min(k, len(rows))
+            best = np.argsort(-all_scores, axis=1, kind="stable")[:, :top]
+            scores[:, :top] = np.take_along_axis(all_scores, best, axis=1)
+            ids[:, :top] = np.asarray(self.ids)[rows[best]]
+        return scores, ids
+
+    def _rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of ``self.vectors`` holding ``ids``, in row order (a sorted view, cached)."""
+        if self._sorted_ids is None or self._sorted_ids[0] is not self.ids:
+            self._sorted_ids = (self.ids, np.argsort(self.ids, kind="stable"))
+        held, order = self._sorted_ids
+        if not len(held):
+            return np.zeros(0, np.int64)
+        where = np.minimum(np.searchsorted(held, ids, sorter=order), len(held) - 1)
+        found = held[order[where]] == ids
+        return np.sort(order[where[found]])
 
     def save(self, folder: Path) -> list[str]:
         faiss.write_index(self.index, str(folder / INDEX_FILE))
