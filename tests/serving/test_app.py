@@ -261,3 +261,79 @@ def test_app_over_a_ready_searcher(served_index):
     searcher = Searcher(served_index)
     with TestClient(create_app(searcher)) as c:
         assert c.get("/search", params={"q": "watch", "k": 1}).json()["results"][0]["id"] == "p12"
+
+
+def test_filters_restrict_results_and_unknown_attributes_get_422(client):
+    params = [("q", "green shoes"), ("k", 5), ("filter", "category:shoes"), ("filter", "category:bag")]
+    body = client.get("/search", params=params).json()
+    assert body["filters"] == {"category": ["shoes", "bag"]} and body["mode"] == "vector"
+    assert sorted(r["id"] for r in body["results"]) == ["p3", "p4", "p6"]  # all that match
+    batch = client.post("/search", json={"queries": ["shoes"], "filter": ["category:bag"]}).json()
+    assert [r["id"] for r in batch["results"][0]] == ["p4"]
+
+    unknown = client.get("/search", params={"q": "shoes", "filter": "colour:red"})
+    assert unknown.status_code == 422
+    assert unknown.json()["errors"] == [
+        {
+            "where": "query parameter 'filter'",
+            "msg": "unknown filter attribute 'colour'; the products of this index have 'category'",
+        }
+    ]
+    malformed = client.post("/search", json={"queries": ["shoes"], "filter": ["category"]})
+    assert malformed.status_code == 422 and "ATTRIBUTE:VALUE" in malformed.json()["detail"]
+    schema = client.get("/openapi.json").json()
+    assert schema["components"]["schemas"]["BatchSearch"]["properties"]["filter"]["items"][
+        "pattern"
+    ] == "^(category):"  # the index's own attributes
+
+
+def test_facets_list_attribute_values_by_count(client):
+    facets = client.get("/facets", params={"top": 2}).json()["facets"]
+    assert facets == [
+        {
+            "attribute": "category",
+            "values": [{"value": "shoes", "count": 2}, {"value": "bag", "count": 1}],
+        }
+    ]
+
+
+def test_hybrid_mode_and_its_weights(client):
+    params = {"q": "silver wrist watch", "k": 3, "mode": "hybrid", "rrf_k": 10}
+    body = client.get("/search", params=params).json()
+    assert body["mode"] == "hybrid" and body["results"][0]["id"] == "p12"
+    assert body["results"][0]["score"] == pytest.approx(2 / 11)  # first in both channels
+    both_zero = client.get("/search", params={**params, "vector_weight": 0, "lexical_weight": 0})
+    assert both_zero.status_code == 422 and "not both 0" in both_zero.json()["detail"]
+
+
+def test_explain_returns_the_keywords_keyword_enhancement_attached(tmp_path):
+    import torch
+
+    from index.index_testing import write_catalog
+    from makevl.data.catalog import iter_catalog
+    from makevl.index.build import build_index
+    from makevl.models.inference import MakeEncoder
+    from models.tiny import KEYWORDS, tiny_model
+
+    vocabulary = ["red", "blue", "shoes", "watch", "leather", "summer"][:KEYWORDS]
+    encoder = MakeEncoder(tiny_model(), keywords=vocabulary)
+    products = list(iter_catalog(write_catalog(tmp_path / "shop")))
+    build_index(products, tmp_path / "index", encoder, encoder_spec={"type": "test"},
+                model_hash="tiny", progress=False)
+    searcher = Searcher(tmp_path / "index", encoder=encoder, model_hash="tiny")
+    with TestClient(create_app(searcher)) as tiny_client:
+        body = tiny_client.get("/search", params={"q": "red shoes", "explain": "true"}).json()
+        plain = tiny_client.get("/search", params={"q": "red shoes"}).json()
+        batch = tiny_client.post(
+            "/search", json={"queries": ["red shoes", "watch"], "explain": True}
+        ).json()
+    model = encoder.model.eval()
+    with torch.no_grad():
+        tokens = encoder.tokenize_queries(["red shoes"])
+        attention = model.keyword_attention(model.encode_query_pair(**tokens)[1])[0]
+    order = attention.argsort(descending=True)[:5].tolist()
+    assert [k["keyword"] for k in body["keywords"]] == [vocabulary[i] for i in order]
+    assert [k["weight"] for k in body["keywords"]] == pytest.approx(attention[order].tolist())
+    assert plain["keywords"] is None
+    assert len(batch["keywords"]) == 2  # one list per query, the same as one by one
+    assert [k["keyword"] for k in batch["keywords"][0]] == [k["keyword"] for k in body["keywords"]]

@@ -12,6 +12,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("index_dir", help="index directory built by `makevl index build`")
     p.add_argument("queries", nargs="+", metavar="QUERY")
     p.add_argument("-k", type=int, default=10, help="results per query")
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="ATTRIBUTE:VALUE",
+        help="only products with this attribute value (repeat: values of one attribute are "
+        "OR-ed, attributes AND-ed)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["vector", "hybrid"],
+        default="vector",
+        help="hybrid: fuse MAKE with BM25 over titles and keywords (reciprocal rank fusion)",
+    )
+    p.add_argument("--vector-weight", type=float, default=1.0, help="hybrid: MAKE's weight")
+    p.add_argument("--lexical-weight", type=float, default=1.0, help="hybrid: BM25's weight")
+    p.add_argument("--rrf-k", type=float, default=60.0, help="hybrid: the RRF constant k")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="show the catalog keywords Keyword Enhancement attached to each query",
+    )
     p.add_argument("--json", action="store_true", help="print JSON lines (one per query)")
     p.add_argument(
         "--checkpoint", help="encode queries with this checkpoint (must be the index's model)"
@@ -21,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def search_command(args: argparse.Namespace) -> int:
     from makevl.data.text import TextError, check_text
-    from makevl.index.search import Searcher
+    from makevl.index.search import Fusion, Searcher, parse_filters
 
     if args.k < 1:
         print("error: -k must be at least 1", file=sys.stderr)
@@ -37,26 +59,39 @@ def search_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
+        filters = parse_filters(args.filter)
+        fusion = Fusion(args.vector_weight, args.lexical_weight, args.rrf_k)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         searcher = Searcher(args.index_dir, checkpoint=args.checkpoint)
-        results = searcher.search(queries, k=args.k)
+        results = searcher.search(
+            queries, k=args.k, filters=filters, mode=args.mode, fusion=fusion
+        )
+        explained = searcher.query_keywords(queries) if args.explain else None
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        for query, hits in zip(queries, results):
-            print(
-                json.dumps(
-                    {"query": query, "results": [h.to_dict() for h in hits]}, ensure_ascii=False
-                )
-            )
+        for number, (query, hits) in enumerate(zip(queries, results)):
+            line = {"query": query, "results": [h.to_dict() for h in hits]}
+            if explained is not None:
+                line["keywords"] = [{"keyword": w, "weight": x} for w, x in explained[number]]
+            print(json.dumps(line, ensure_ascii=False))
         return 0
 
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    for query, hits in zip(queries, results):
-        table = Table(title=f"{query!r}: top {len(hits)} of {len(searcher)}", title_justify="left")
+    for number, (query, hits) in enumerate(zip(queries, results)):
+        title = f"{query!r}: top {len(hits)} of {len(searcher)}"
+        if filters:
+            title += " where " + " and ".join(f"{a} in {v}" for a, v in filters.items())
+        if explained:
+            title += "\nKE keywords: " + ", ".join(f"{w} {x:.2f}" for w, x in explained[number])
+        table = Table(title=title, title_justify="left")
         table.add_column("#", justify="right")
         table.add_column("score", justify="right")
         table.add_column("id")

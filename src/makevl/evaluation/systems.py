@@ -66,6 +66,12 @@ def _checkpoint(model: Any) -> list[RankingSystem]:
     return [EmbeddingSystem("make", model.encode_queries, model.encode_products)]
 
 
+def _hybrid(model: Any) -> list[RankingSystem]:
+    from makevl.evaluation.baselines import HybridSystem
+
+    return [HybridSystem(EmbeddingSystem("make", model.encode_queries, model.encode_products))]
+
+
 def _branch(model, titles: list[str] | None = None, products: list[Product] | None = None):
     """MAKE's unit title (or image) branch vectors for static fusion."""
     if products is None:
@@ -130,6 +136,9 @@ for _spec in [
     SystemSpec("static-fusion", "baseline",
                "MAKE's title and image branches mixed with fixed weights (a grid)",
                build=_static_fusion, needs_model=True),
+    SystemSpec("hybrid", "make",
+               "MAKE and BM25 over titles and keywords, fused by reciprocal rank (mode=hybrid)",
+               build=_hybrid, needs_model=True),
 ]:
     register_system(_spec)
 

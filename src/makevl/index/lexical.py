@@ -10,7 +10,8 @@ formats, read without pickle):
                           sparse rows x terms matrix: ``indptr``, ``term_ids``, ``counts``
 - ``lexical_terms.json``  the vocabulary: term id -> term
 
-:func:`reciprocal_rank_fusion` merges the lexical and vector rankings (``mode=hybrid``).
+:class:`Fusion` merges the lexical and vector rankings by reciprocal rank (``mode=hybrid``);
+the index and the ``hybrid`` system of ``makevl eval`` share it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 from array import array
 from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -210,8 +212,42 @@ def reciprocal_rank_fusion(
     return sorted(fused.items(), key=lambda pair: -pair[1])
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """How hybrid search merges the vector and lexical channels: reciprocal rank fusion of
+    each channel's top ``depth``. A channel of weight 0 is left out."""
+
+    vector_weight: float = 1.0
+    lexical_weight: float = 1.0
+    rrf_k: float = RRF_K
+    depth: int = 100
+
+    def __post_init__(self) -> None:
+        if min(self.vector_weight, self.lexical_weight) < 0 or not (
+            self.vector_weight or self.lexical_weight
+        ):
+            raise ValueError("fusion weights must be >= 0 and not both 0")
+        if self.rrf_k <= 0 or self.depth < 1:
+            raise ValueError(f"rrf_k must be > 0 and depth >= 1, got {self.rrf_k}, {self.depth}")
+
+    def fuse(
+        self, vector_ranking: Sequence[Hashable], lexical_ranking: Sequence[Hashable]
+    ) -> list[tuple[Hashable, float]]:
+        """``(item, fused score)`` best first, over both channels' rankings (best first)."""
+        channels = [
+            (ranking, weight)
+            for ranking, weight in (
+                (vector_ranking, self.vector_weight),
+                (lexical_ranking, self.lexical_weight),
+            )
+            if weight > 0
+        ]
+        return reciprocal_rank_fusion(*zip(*channels), rrf_k=self.rrf_k)
+
+
 __all__ = [
     "LEXICAL_FILES",
+    "Fusion",
     "RRF_K",
     "LexicalIndex",
     "product_text",

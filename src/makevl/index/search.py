@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from makevl.index.encoders import Encoder, encoder_from_manifest, load_checkpoint_encoder
-from makevl.index.lexical import LEXICAL_FILES, RRF_K, LexicalIndex, reciprocal_rank_fusion
+from makevl.index.lexical import LEXICAL_FILES, Fusion, LexicalIndex
 from makevl.index.store import (
     MODALITIES,
     PRODUCTS_FILE,
@@ -41,26 +41,6 @@ class UnknownFilterError(ValueError):
 
 class NoLexicalChannelError(IndexStoreError):
     """``mode="hybrid"`` on an index built without the BM25 channel."""
-
-
-@dataclass(frozen=True)
-class Fusion:
-    """How ``mode="hybrid"`` merges the channels: reciprocal rank fusion of each channel's
-    top ``depth`` (a product scores ``weight / (rrf_k + rank)`` per channel that finds it).
-    A channel of weight 0 is left out."""
-
-    vector_weight: float = 1.0
-    lexical_weight: float = 1.0
-    rrf_k: float = RRF_K
-    depth: int = 100
-
-    def __post_init__(self) -> None:
-        if min(self.vector_weight, self.lexical_weight) < 0 or not (
-            self.vector_weight or self.lexical_weight
-        ):
-            raise ValueError("fusion weights must be >= 0 and not both 0")
-        if self.rrf_k <= 0 or self.depth < 1:
-            raise ValueError(f"rrf_k must be > 0 and depth >= 1, got {self.rrf_k}, {self.depth}")
 
 
 def parse_filters(items: Iterable[str]) -> dict[str, list[str]]:
@@ -253,15 +233,7 @@ class Searcher:
         lexical = self.lexical.search(queries, depth, allowed)
         results = []
         for vector_row, (lexical_ids, _) in zip(vector_ids, lexical):
-            channels = [
-                (ranking, weight)
-                for ranking, weight in (
-                    (vector_row[vector_row >= 0].tolist(), fusion.vector_weight),
-                    (lexical_ids.tolist(), fusion.lexical_weight),
-                )
-                if weight > 0
-            ]
-            fused = reciprocal_rank_fusion(*zip(*channels), rrf_k=fusion.rrf_k)[:k]
+            fused = fusion.fuse(vector_row[vector_row >= 0].tolist(), lexical_ids.tolist())[:k]
             results.append([self._hit(int(self.row_of_vector[v]), s) for v, s in fused])
         return results
 

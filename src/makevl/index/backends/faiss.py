@@ -24,6 +24,7 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 DEFAULT_FACTORY = "HNSW32"
 DEFAULT_EXACT_THRESHOLD = 50_000
+FILTER_WALK_FRACTION = 20  # a filter keeping under 1/20 of an ANN index is searched exactly
 TRAIN_SAMPLE = 100_000  # vectors used to train IVF / PQ quantizers
 INDEX_FILE = "index.faiss"
 VECTORS_FILE = "vectors.npy"  # the exact vectors, row i has id ids.npy[i]
@@ -181,10 +182,13 @@ class FaissBackend:
     def search(
         self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` by inner product. With ``allowed_ids`` only those are searched, exactly:
-        a Flat index filters exactly; an ANN index filters approximately, so fewer than
-        ``exact_threshold`` allowed ids, or a row that comes back short, are searched by
-        brute force over the stored vectors instead."""
+        """Top-``k`` by inner product. With ``allowed_ids`` only those are searched.
+
+        A Flat index filters exactly. An ANN index's walk through mostly forbidden
+        neighbours misses allowed ones, so a small allowed set (under ``exact_threshold``
+        ids or under 1/:data:`FILTER_WALK_FRACTION` of the index) is searched by brute force
+        over the stored vectors, exactly; a larger one by the filtered ANN walk, as exactly as
+        an unfiltered search, and by brute force where that walk comes back short."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.count == 0:
             n = len(queries)
@@ -192,7 +196,8 @@ class FaissBackend:
         if allowed_ids is None:
             return self.index.search(queries, k)
         allowed_ids = np.ascontiguousarray(allowed_ids, dtype=np.int64)
-        if self._index_type != "Flat" and len(allowed_ids) < self.exact_threshold:
+        small = max(self.exact_threshold, self.count / FILTER_WALK_FRACTION)
+        if self._index_type != "Flat" and len(allowed_ids) < small:
             return self._exact_search(queries, k, allowed_ids)
         selector = faiss.IDSelectorBatch(allowed_ids)
         if "IVF" in self._index_type:
