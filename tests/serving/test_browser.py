@@ -152,3 +152,26 @@ def test_shared_link_runs_its_search_and_errors_are_shown(server, browser):
         assert page.locator(".card").count() == 0
     finally:
         page.close()
+
+
+def test_facet_chips_filter_the_results(server, browser):
+    url, products = server
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(url + "/?q=shirt&k=12", timeout=15_000)
+        page.wait_for_selector(".card", timeout=15_000)
+        chip = page.locator(".chip").first
+        attribute, value = chip.get_attribute("data-filter").split(":", 1)
+        assert page.locator(".chip").count() >= 2
+        chip.click()
+        page.wait_for_function(
+            "() => document.getElementById('status').textContent.includes(' where ')",
+            timeout=15_000,
+        )
+        assert chip.get_attribute("aria-pressed") == "true"
+        ids = page.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.id)")
+        by_id = {p.id: p for p in products}
+        assert ids and all(by_id[i].attributes.get(attribute) == value for i in ids)
+        assert "filter=" in page.url
+    finally:
+        page.close()
