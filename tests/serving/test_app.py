@@ -264,7 +264,12 @@ def test_app_over_a_ready_searcher(served_index):
 
 
 def test_filters_restrict_results_and_unknown_attributes_get_422(client):
-    params = [("q", "green shoes"), ("k", 5), ("filter", "category:shoes"), ("filter", "category:bag")]
+    params = [
+        ("q", "green shoes"),
+        ("k", 5),
+        ("filter", "category:shoes"),
+        ("filter", "category:bag"),
+    ]
     body = client.get("/search", params=params).json()
     assert body["filters"] == {"category": ["shoes", "bag"]} and body["mode"] == "vector"
     assert sorted(r["id"] for r in body["results"]) == ["p3", "p4", "p6"]  # all that match
@@ -282,9 +287,10 @@ def test_filters_restrict_results_and_unknown_attributes_get_422(client):
     malformed = client.post("/search", json={"queries": ["shoes"], "filter": ["category"]})
     assert malformed.status_code == 422 and "ATTRIBUTE:VALUE" in malformed.json()["detail"]
     schema = client.get("/openapi.json").json()
-    assert schema["components"]["schemas"]["BatchSearch"]["properties"]["filter"]["items"][
-        "pattern"
-    ] == "^(category):"  # the index's own attributes
+    assert (
+        schema["components"]["schemas"]["BatchSearch"]["properties"]["filter"]["items"]["pattern"]
+        == "^(category):"
+    )  # the index's own attributes
 
 
 def test_facets_list_attribute_values_by_count(client):
@@ -318,8 +324,14 @@ def test_explain_returns_the_keywords_keyword_enhancement_attached(tmp_path):
     vocabulary = ["red", "blue", "shoes", "watch", "leather", "summer"][:KEYWORDS]
     encoder = MakeEncoder(tiny_model(), keywords=vocabulary)
     products = list(iter_catalog(write_catalog(tmp_path / "shop")))
-    build_index(products, tmp_path / "index", encoder, encoder_spec={"type": "test"},
-                model_hash="tiny", progress=False)
+    build_index(
+        products,
+        tmp_path / "index",
+        encoder,
+        encoder_spec={"type": "test"},
+        model_hash="tiny",
+        progress=False,
+    )
     searcher = Searcher(tmp_path / "index", encoder=encoder, model_hash="tiny")
     with TestClient(create_app(searcher)) as tiny_client:
         body = tiny_client.get("/search", params={"q": "red shoes", "explain": "true"}).json()

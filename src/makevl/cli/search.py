@@ -66,9 +66,7 @@ def search_command(args: argparse.Namespace) -> int:
         return 2
     try:
         searcher = Searcher(args.index_dir, checkpoint=args.checkpoint)
-        results = searcher.search(
-            queries, k=args.k, filters=filters, mode=args.mode, fusion=fusion
-        )
+        results = searcher.search(queries, k=args.k, filters=filters, mode=args.mode, fusion=fusion)
         explained = searcher.query_keywords(queries) if args.explain else None
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

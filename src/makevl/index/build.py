@@ -309,10 +309,12 @@ def update_index(
             backend.upsert(added_ids, vectors_new)
             lexical_files = []
             if LEXICAL_FILES[0] in manifest["files"]:  # indexes built before it have none
-                lexical = LexicalIndex.concatenate([
-                    LexicalIndex.load(stored.path).without(removed_ids),
-                    LexicalIndex.from_products(products, added_ids),
-                ])
+                lexical = LexicalIndex.concatenate(
+                    [
+                        LexicalIndex.load(stored.path).without(removed_ids),
+                        LexicalIndex.from_products(products, added_ids),
+                    ]
+                )
                 lexical_files = lexical.save(version)
             manifest.update(
                 next_id=int(next_id + len(products)),

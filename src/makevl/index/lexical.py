@@ -99,8 +99,13 @@ class LexicalIndex:
         if len(ids) != len(row_lengths):
             raise ValueError(f"{len(row_lengths)} texts for {len(ids)} ids")
         indptr = np.concatenate([[0], np.cumsum(np.frombuffer(row_lengths, np.int64))])
-        return cls(ids, indptr, np.frombuffer(term_ids, np.int32), np.frombuffer(counts, np.int32),
-                   list(terms))
+        return cls(
+            ids,
+            indptr,
+            np.frombuffer(term_ids, np.int32),
+            np.frombuffer(counts, np.int32),
+            list(terms),
+        )
 
     @classmethod
     def from_products(cls, products: Iterable[Product], ids: np.ndarray) -> LexicalIndex:
@@ -149,10 +154,14 @@ class LexicalIndex:
         starts, posting_rows, posting_weights = self._postings()
         results = []
         for query in queries:
-            columns = sorted({self.term_index[t] for t in bm25_tokens(query) if t in self.term_index})
+            columns = sorted(
+                {self.term_index[t] for t in bm25_tokens(query) if t in self.term_index}
+            )
             spans = [slice(starts[c], starts[c + 1]) for c in columns]
             rows = np.concatenate([np.zeros(0, np.int64), *(posting_rows[s] for s in spans)])
-            weights = np.concatenate([np.zeros(0, np.float32), *(posting_weights[s] for s in spans)])
+            weights = np.concatenate(
+                [np.zeros(0, np.float32), *(posting_weights[s] for s in spans)]
+            )
             matched, where = np.unique(rows, return_inverse=True)
             scores = np.bincount(where, weights=weights, minlength=len(matched))
             if allowed_ids is not None:
@@ -247,8 +256,8 @@ class Fusion:
 
 __all__ = [
     "LEXICAL_FILES",
-    "Fusion",
     "RRF_K",
+    "Fusion",
     "LexicalIndex",
     "product_text",
     "reciprocal_rank_fusion",

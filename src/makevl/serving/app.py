@@ -285,7 +285,9 @@ def _document_index(schema: dict[str, Any], searcher: Searcher) -> None:
 
 def _invalid(source: str, field: str, exc: Exception) -> RequestValidationError:
     """A 422 (through the validation handler) for a value only the index can judge."""
-    return RequestValidationError([{"loc": (source, field), "msg": str(exc), "type": "value_error"}])
+    return RequestValidationError(
+        [{"loc": (source, field), "msg": str(exc), "type": "value_error"}]
+    )
 
 
 def _unprocessable(errors: list[dict[str, str]]) -> JSONResponse:
