@@ -130,3 +130,23 @@ def test_bm25_on_fashion_mini_beats_random_order():
     assert bm25.n_queries > 100
     assert bm25.ci["ndcg@10"][0] > chance.ci["ndcg@10"][1]  # CIs do not overlap
     assert bm25.metrics["recall@10"] > 3 * chance.metrics["recall@10"]
+
+
+def test_hybrid_system_fuses_the_vector_ranking_with_bm25_over_titles_and_keywords():
+    from makevl.evaluation.baselines import HybridSystem
+    from makevl.evaluation.systems import SYSTEMS
+    from makevl.index.lexical import Fusion
+
+    class FixedOrder:  # a vector system that ranks the pool backwards
+        name = "backwards"
+
+        def rank(self, queries, pool, k):
+            return [[p.id for p in reversed(pool)][:k] for _ in queries]
+
+    pool = [*POOL, Product("kw", "Wool hat", None, keywords=["casio"])]
+    hybrid = HybridSystem(FixedOrder(), Fusion(rrf_k=1))
+    # "casio": BM25 finds p2 (title) and kw (keyword); kw is also the vector channel's first
+    assert hybrid.rank(["casio"], pool, k=3)[0] == ["kw", "p2", "p5"]
+    lexical_only = HybridSystem(FixedOrder(), Fusion(vector_weight=0))
+    assert lexical_only.rank(["casio watch"], pool, k=3)[0] == ["p2", "kw"]
+    assert SYSTEMS["hybrid"].needs_model and SYSTEMS["hybrid"].in_report

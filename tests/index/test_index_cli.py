@@ -150,3 +150,19 @@ def test_errors_are_clear_and_exit_nonzero(tmp_path, catalog, capsys):
     assert main(["search", str(tmp_path / "missing"), "red"]) == 1
     assert "no such index directory" in capsys.readouterr().err
     assert main(["search", str(index), "  "]) == 2
+
+
+def test_search_with_filters_hybrid_and_explain(tmp_path, catalog, capsys):
+    index = tmp_path / "index"
+    build = ["index", "build", "--hashing-encoder", "32", "--catalog", str(catalog), "--out"]
+    assert main([*build, str(index), "--quiet"]) == 0
+    capsys.readouterr()
+    args = ["search", str(index), "shoes", "--filter", "category:shoes", "--json", "--explain"]
+    assert main([*args, "--mode", "hybrid", "--lexical-weight", "2"]) == 0
+    line = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert {hit["id"] for hit in line["results"]} == {"p3", "p6"}
+    assert line["keywords"] == []  # the hashing stand-in has no Keyword Enhancement
+    assert main(["search", str(index), "shoes", "--filter", "colour:red"]) == 1
+    assert "unknown filter attribute 'colour'" in capsys.readouterr().err
+    assert main(["search", str(index), "shoes", "--filter", "red"]) == 2
+    assert "not ATTRIBUTE:VALUE" in capsys.readouterr().err
