@@ -35,7 +35,11 @@ def test_manifest_records_model_files_and_config(index_dir):
     assert manifest["backend"] == "faiss" and manifest["index_type"] == "Flat"  # small: exact
     assert manifest["backend_options"] == {"factory": "HNSW32", "exact_threshold": 50_000}
     assert set(manifest["files"]) == {
-        "index.faiss", "vectors.npy", "ids.npy", "products.parquet", *LEXICAL_FILES
+        "index.faiss",
+        "vectors.npy",
+        "ids.npy",
+        "products.parquet",
+        *LEXICAL_FILES,
     }
     assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
     assert manifest["created"]
