@@ -55,7 +55,9 @@ class VectorBackend(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, ids)``, both ``[len(queries), k]``, best first; id -1 pads a short row.
 
-        With ``allowed_ids`` only those ids can be returned.
+        With ``allowed_ids`` only those ids can be returned, and a row should be the top ``k``
+        of them as exactly as an unfiltered search is (search filters promise it; see
+        ``FaissBackend.search`` for how an ANN index keeps it).
         """
         ...
 
