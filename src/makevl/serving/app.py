@@ -9,21 +9,30 @@ bodies are capped in size and read time (:mod:`makevl.serving.limits`). Images
 are looked up by product id in the index, so no path a client sends is ever
 opened, and a stored path is served only if it lies in the catalog's image
 folder (:mod:`makevl.serving.images`).
+
+Searches go through one worker that batches concurrent queries into one
+encoder call and sheds load with 503 + ``Retry-After`` rather than queueing
+without bound (:mod:`makevl.serving.batching`). The index is live: a version
+published by ``makevl index add|delete|build`` replaces the served one without
+a restart, and every response comes from one version, named in its
+``X-Index-Version`` header (:mod:`makevl.serving.live_index`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -33,8 +42,10 @@ from starlette.routing import Match
 
 from makevl.data.text import TextError, check_text
 from makevl.index.search import Hit, Searcher
+from makevl.serving.batching import BatchSettings, Overloaded, SearchBatcher
 from makevl.serving.images import MEDIA_TYPES, ImageRefused, image_roots, image_type, servable_image
 from makevl.serving.limits import BODY_TIMEOUT_S, MAX_BODY_BYTES, BodyLimits
+from makevl.serving.live_index import LiveIndex, index_version
 from makevl.serving.metrics import Metrics, MetricsMiddleware
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -42,6 +53,7 @@ MAX_QUERY_CHARS = 256
 MAX_K = 100
 MAX_BATCH = 64
 MAX_ID_CHARS = 512
+VERSION_HEADER = "X-Index-Version"  # the index version a response was computed from
 log = logging.getLogger("makevl.serving")
 # What the schema's pattern \S (an ECMAScript regex) calls white space; Python's
 # str.strip() also strips \x1c-\x1f and \x85, which the schema allows in a query.
@@ -109,9 +121,16 @@ def _documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
         408: "the request body did not arrive within the server's time limit",
         413: "the request body is over the server's size limit",
         422: "invalid parameters or body; `errors` lists each problem",
+        503: "the server is overloaded (search queue full, or the search waited past its "
+        "deadline); retry after `Retry-After` seconds",
     }
+    retry = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
     return {
-        s: {"model": ValidationProblem if s == 422 else Problem, "description": why[s]}
+        s: {
+            "model": ValidationProblem if s == 422 else Problem,
+            "description": why[s],
+            **({"headers": retry} if s == 503 else {}),
+        }
         for s in statuses
     }
 
@@ -190,29 +209,48 @@ def _unprocessable(errors: list[dict[str, str]]) -> JSONResponse:
 
 
 def create_app(
-    index: str | Path | Searcher,
+    index: str | Path | Searcher | LiveIndex,
     *,
     image_root: str | Path | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     body_timeout: float = BODY_TIMEOUT_S,
+    batching: BatchSettings | None = None,
+    reload_s: float = 1.0,
     **searcher_options: Any,
 ) -> FastAPI:
-    """Build the app over an index directory (loaded here) or a ready :class:`Searcher`.
+    """Build the app over an index directory (loaded here), a ready :class:`Searcher` or a
+    :class:`LiveIndex`.
 
-    Image files are served only from under ``image_root``, by default the
-    catalog folders recorded in the index manifest at build time.
+    While the app runs (its lifespan), the index directory is checked for a new
+    version every ``reload_s`` seconds (0: never). Image files are served only
+    from under ``image_root``, by default the catalog folders recorded in the
+    served version's manifest.
     """
-    searcher = index if isinstance(index, Searcher) else Searcher(index, **searcher_options)
-    roots = image_roots(image_root or searcher.manifest.get("image_roots", []))
-    if not roots:
-        log.warning("%s records no image root: no image file will be served", searcher.index_dir)
+    if isinstance(index, LiveIndex):
+        live = index
+    else:
+        first = index if isinstance(index, Searcher) else Searcher(index, **searcher_options)
+        live = LiveIndex(first, poll_s=reload_s, **searcher_options)
+    if not image_roots(image_root or live.current.manifest.get("image_roots", [])):
+        log.warning("%s records no image root: no image file will be served", live.index_dir)
     metrics = Metrics()
+    batcher = SearchBatcher(batching, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        live.start()
+        yield
+        live.close()
+        batcher.close()
+
     app = FastAPI(
         title="makevl search",
         description="Text-to-multimodal product retrieval (MAKE).",
         version="0.1.0",
+        lifespan=lifespan,
     )
-    app.state.searcher = searcher
+    app.state.live_index = live
+    app.state.batcher = batcher
     app.state.metrics = metrics
     image_headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
 
@@ -246,10 +284,19 @@ def create_app(
             exc.headers = {"Allow": ", ".join(sorted(allowed))}
         return await http_exception_handler(request, exc)
 
-    @app.get("/search", response_model=SearchResponse, responses=_documented(422))
-    def search(params: Annotated[SearchParams, Query()]) -> dict[str, Any]:
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)}
+        return JSONResponse(status_code=503, content={"detail": exc.detail}, headers=headers)
+
+    @app.get("/search", response_model=SearchResponse, responses=_documented(422, 503))
+    async def search(
+        params: Annotated[SearchParams, Query()], response: Response
+    ) -> dict[str, Any]:
         start = time.perf_counter()
-        hits = searcher.search([params.q], k=params.k)[0]
+        searcher = live.current  # this request's version, whatever is published meanwhile
+        hits = (await batcher.search(searcher, [params.q], k=params.k))[0]
+        response.headers[VERSION_HEADER] = index_version(searcher)
         return {
             "query": params.q,
             "k": params.k,
@@ -257,10 +304,12 @@ def create_app(
             "results": [_result(h) for h in hits],
         }
 
-    @app.post("/search", response_model=BatchResponse, responses=_documented(408, 413, 422))
-    def search_batch(body: BatchSearch) -> dict[str, Any]:
+    @app.post("/search", response_model=BatchResponse, responses=_documented(408, 413, 422, 503))
+    async def search_batch(body: BatchSearch, response: Response) -> dict[str, Any]:
         start = time.perf_counter()
-        results = searcher.search(body.queries, k=body.k)
+        searcher = live.current
+        results = await batcher.search(searcher, body.queries, k=body.k)
+        response.headers[VERSION_HEADER] = index_version(searcher)
         return {
             "k": body.k,
             "took_ms": (time.perf_counter() - start) * 1000,
@@ -280,6 +329,7 @@ def create_app(
         "/products/{product_id:path}/image", response_class=Response, responses=image_responses
     )
     def product_image(product_id: ProductId) -> Response:
+        searcher = live.current
         image = searcher.image(product_id)  # looked up by id: only indexed catalog images
         if image is None:
             known = searcher.product(product_id) is not None
@@ -292,6 +342,7 @@ def create_app(
         if isinstance(image, bytes):
             media_type = image_type(image) or "application/octet-stream"
             return Response(image, media_type=media_type, headers=image_headers)
+        roots = image_roots(image_root or searcher.manifest.get("image_roots", []))
         try:
             path, media_type = servable_image(image, roots)
         except FileNotFoundError:
@@ -310,26 +361,36 @@ def create_app(
         response_model=ProductView,
         responses=_documented(404, 422),
     )
-    def product(product_id: ProductId) -> dict[str, Any]:
+    def product(product_id: ProductId, response: Response) -> dict[str, Any]:
+        searcher = live.current
         hit = searcher.product(product_id)
         if hit is None:
             raise HTTPException(404, f"no product {product_id!r} in the index")
+        response.headers[VERSION_HEADER] = index_version(searcher)
         return _product(hit)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
+        searcher = live.current
         return {
             "status": "ok",
             "products": len(searcher),
             "dim": searcher.dim,
             "index_type": searcher.manifest.get("index_type"),
             "model_hash": searcher.model_hash,
+            "index_version": index_version(searcher),
+            "reload_error": live.error,  # why a newer published version is not served
+            "queue_depth": batcher.depth,
         }
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus_metrics() -> PlainTextResponse:
-        text = metrics.render({"makevl_index_products": ("Products in the index.", len(searcher))})
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+        gauges = {
+            "makevl_index_products": ("Products in the index.", len(live.current)),
+            "makevl_index_reloads": ("New index versions loaded since start.", live.reloads),
+            "makevl_queue_depth": ("Searches waiting for the search worker.", batcher.depth),
+        }
+        return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
