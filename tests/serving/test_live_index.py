@@ -33,6 +33,10 @@ def wait_until(condition, what: str) -> None:
         time.sleep(0.01)
 
 
+def answered(answers, version: str) -> int:
+    return sum(v == version for v, _ in answers)
+
+
 def search_in_a_loop(client, stop, answers, errors, seed: int) -> None:
     """GET and POST searches for every product (k above the catalog size) until ``stop``."""
     i = seed
@@ -54,9 +58,7 @@ def search_in_a_loop(client, stop, answers, errors, seed: int) -> None:
 def test_updates_are_served_while_clients_search(tmp_path):
     shop, index_dir = tmp_path / "shop", tmp_path / "index"
     build(index_dir, write_catalog(shop))
-    new = [
-        (f"n{i}", f"New arrival number {i}", (i * 40, 90, 200), "new") for i in range(1, 5)
-    ]
+    new = [(f"n{i}", f"New arrival number {i}", (i * 40, 90, 200), "new") for i in range(1, 5)]
     updates = [
         ["index", "add", str(index_dir), "--catalog", str(write_catalog(shop, new[:2], "a.csv"))],
         ["index", "delete", str(index_dir), "--ids", "p1", "p2", "n1"],
@@ -81,12 +83,12 @@ def test_updates_are_served_while_clients_search(tmp_path):
                 version, ids = published(index_dir)
                 versions[version] = ids
 
-                def served() -> bool:
-                    return client.get("/healthz").json()["index_version"] == version
-
-                wait_until(served, f"the server to serve version {version}")
-                seen = sum(v == version for v, _ in answers)
-                wait_until(lambda: sum(v == version for v, _ in answers) > seen, "a search")
+                wait_until(
+                    lambda v=version: client.get("/healthz").json()["index_version"] == v,
+                    f"the server to serve version {version}",
+                )
+                seen = answered(answers, version)
+                wait_until(lambda v=version, n=seen: answered(answers, v) > n, "a search")
         finally:
             stop.set()
             for thread in clients:
