@@ -8,10 +8,9 @@ published at ``DIR`` is picked up within ``--reload-s`` seconds.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from makevl.serving.batching import BatchSettings
+from makevl.serving.batching import BatchSettings, default_threads
 from makevl.serving.limits import BODY_TIMEOUT_S, MAX_BODY_BYTES
 
 # Slow or idle clients (request bodies have their own limits, in the app): 5 s to send the
@@ -85,8 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threads",
         type=int,
-        default=max(1, (os.cpu_count() or 2) - 1),
-        help="torch/FAISS threads of the search worker (default: all cores but one, left for HTTP)",
+        default=default_threads(),
+        help="torch/FAISS threads of the search worker (default: all cores but one, "
+        f"left for HTTP: {default_threads()})",
     )
     p.add_argument(
         "--reload-s",

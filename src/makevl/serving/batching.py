@@ -19,6 +19,7 @@ queries in a bounded FIFO queue and await a future the worker resolves.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -76,6 +77,11 @@ class _Pending:
     def key(self) -> tuple[int, str]:
         """Requests with equal keys can share one search call."""
         return id(self.searcher), repr(sorted(self.options.items()))
+
+
+def default_threads() -> int:
+    """All cores but one, which is left to the HTTP event loop."""
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def pin_threads(count: int) -> None:
