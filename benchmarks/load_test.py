@@ -2,8 +2,14 @@
 
 Starts the server in a subprocess on 127.0.0.1 (or targets --url, which must be
 loopback), runs --clients concurrent clients (httpx async) for --seconds
-against ``GET /search``, and prints p50/p99 latency and requests/s. Any error
-(non-200 or a failed request) makes the exit status 1.
+against ``GET /search``, and prints p50/p99 latency and requests/s beside what
+the same index and encoder do offline, in batches of --offline-batch queries
+(``Searcher.search`` in this process, before the load). Answers 503 (the
+server shedding load: its queue was full or a search waited past its deadline)
+are counted apart, with the server's reasons; any other error (another status
+or a failed request) makes the exit status 1. Also printed: the server's
+batch sizes (from ``/metrics``) and the machine's load average, since other
+work on the machine skews every figure.
 
     python benchmarks/load_test.py                       # fashion-mini, hashing encoder
     python benchmarks/load_test.py --index runs/demo/index --clients 50 --seconds 20
@@ -19,6 +25,7 @@ import argparse
 import asyncio
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -33,6 +40,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from sample_queries import QUERIES
+
+from makevl.serving.batching import default_threads
 
 
 def build_demo_index(folder: Path) -> Path:
@@ -61,7 +70,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(index: Path) -> tuple[subprocess.Popen, str]:
+def offline_rate(index: Path, batch: int, seconds: float, k: int, threads: int) -> float:
+    """Queries/s of ``Searcher.search`` over batches of ``batch`` queries, in this process,
+    on as many threads as the server's search worker."""
+    from makevl.index.search import Searcher
+    from makevl.serving.batching import pin_threads
+
+    searcher = Searcher(index)
+    pin_threads(threads)
+    queries = [QUERIES[i % len(QUERIES)] for i in range(batch)]
+    searcher.search(queries, k)  # warm up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        searcher.search(queries, k)
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def start_server(index: Path, serve_args: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
         [
@@ -74,6 +100,7 @@ def start_server(index: Path) -> tuple[subprocess.Popen, str]:
             str(port),
             "--log-level",
             "warning",
+            *serve_args,
         ],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
     )
@@ -98,6 +125,7 @@ async def client_loop(
     k: int,
     seed: int,
     latencies: list[float],
+    shed: list[str],
     errors: list[str],
 ) -> None:
     rng = random.Random(seed)
@@ -106,18 +134,23 @@ async def client_loop(
         start = time.perf_counter()
         try:
             response = await client.get("/search", params={"q": query, "k": k})
-            if response.status_code != 200:
-                errors.append(f"{response.status_code}: {response.text[:200]}")
-            else:
-                latencies.append(time.perf_counter() - start)
         except httpx.HTTPError as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
+            continue
+        if response.status_code == 200:
+            latencies.append(time.perf_counter() - start)
+        elif response.status_code == 503:  # shed: a client retries after Retry-After
+            shed.append(response.text[:200])
+            await asyncio.sleep(float(response.headers.get("Retry-After", 1)))
+        else:
+            errors.append(f"{response.status_code}: {response.text[:200]}")
 
 
 async def run_load(
     url: str, clients: int, seconds: float, k: int
-) -> tuple[list[float], list[str], float]:
+) -> tuple[list[float], list[str], list[str], float]:
     latencies: list[float] = []
+    shed: list[str] = []
     errors: list[str] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(
@@ -127,10 +160,16 @@ async def run_load(
         start = time.perf_counter()
         deadline = start + seconds
         await asyncio.gather(
-            *(client_loop(client, deadline, k, i, latencies, errors) for i in range(clients))
+            *(client_loop(client, deadline, k, i, latencies, shed, errors) for i in range(clients))
         )
         elapsed = time.perf_counter() - start
-    return latencies, errors, elapsed
+    return latencies, shed, errors, elapsed
+
+
+def metric(text: str, name: str) -> dict[str, float]:
+    """Values of one metric in Prometheus text, by label string (``""`` if none)."""
+    pattern = rf"^{name}(\{{[^}}]*\}})? (\S+)$"
+    return {m[1] or "": float(m[2]) for m in re.finditer(pattern, text, re.MULTILINE)}
 
 
 def main() -> int:
@@ -142,41 +181,99 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("-k", type=int, default=10)
+    parser.add_argument(
+        "--offline-batch", type=int, default=32, help="queries per offline search call"
+    )
+    parser.add_argument(
+        "--offline-seconds", type=float, default=5.0, help="offline measurement (0: skip)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads(),
+        help=f"`makevl serve --threads`, also used offline (default {default_threads()})",
+    )
+    for flag in ("--max-batch", "--max-wait-ms", "--queue-size", "--deadline-ms"):
+        parser.add_argument(flag, help=f"`makevl serve {flag}` (default: serve's)")
     args = parser.parse_args()
     if not 1 <= args.clients <= 200 or not 0 < args.seconds <= 120:
         parser.error("keep it bounded: 1..200 clients, at most 120 seconds")
+    serve_args = [
+        item
+        for flag in ("threads", "max_batch", "max_wait_ms", "queue_size", "deadline_ms")
+        if getattr(args, flag) is not None
+        for item in (f"--{flag.replace('_', '-')}", str(getattr(args, flag)))
+    ]
 
-    process = None
+    process, offline = None, None
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
+        index = None
         if args.url:
             if urlparse(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
                 parser.error("--url must be a loopback address")
             url = args.url.rstrip("/")
+            index = Path(args.index) if args.index else None  # for the offline figure only
         else:
             index = Path(args.index) if args.index else build_demo_index(Path(tmp))
-            process, url = start_server(index)
+        if index is not None and args.offline_seconds > 0:
+            offline = offline_rate(
+                index, args.offline_batch, args.offline_seconds, args.k, args.threads
+            )
+        if not args.url:
+            process, url = start_server(index, serve_args)
         try:
-            latencies, errors, elapsed = asyncio.run(
+            latencies, shed, errors, elapsed = asyncio.run(
                 run_load(url, args.clients, args.seconds, args.k)
             )
             with httpx.Client(trust_env=False) as client:
                 health = client.get(url + "/healthz", timeout=5).json()
+                metrics = client.get(url + "/metrics", timeout=5).text
         finally:
             if process is not None:
                 process.terminate()
                 process.wait(timeout=15)
+    load_after = os.getloadavg()
 
     ms = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
-    total = len(latencies) + len(errors)
+    total = len(latencies) + len(shed) + len(errors)
+    rate = len(latencies) / elapsed
     model = health["model_hash"]
     model = model[:16] + "..." if len(model) == 64 else model  # a SHA-256, or an encoder name
     print(f"index: {health['products']} products ({health['index_type']}, model {model})")
     print(
-        f"{args.clients} clients x {elapsed:.1f} s on {url}: {total} requests, {len(errors)} errors"
+        f"{args.clients} clients x {elapsed:.1f} s on {url}: {total} requests, "
+        f"{len(shed)} shed (503), {len(errors)} errors"
     )
     print(
         f"latency p50 {np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms, "
-        f"max {ms.max():.1f} ms; {len(latencies) / elapsed:.1f} requests/s"
+        f"max {ms.max():.1f} ms; {rate:.1f} requests/s"
+    )
+    if offline is not None:
+        print(
+            f"offline, batches of {args.offline_batch} on {args.threads} threads: "
+            f"{offline:.1f} queries/s; "
+            f"served/offline {rate / offline:.0%}"
+        )
+    served = metric(metrics, "makevl_request_duration_seconds_sum")['{route="/search"}']
+    count = metric(metrics, "makevl_request_duration_seconds_count")['{route="/search"}']
+    print(f"server-side: {served / count * 1000:.1f} ms per search on average (mean)")
+    sizes = metric(metrics, "makevl_batch_queries_sum")
+    calls = metric(metrics, "makevl_batch_queries_count")
+    if calls.get("", 0):
+        print(
+            f"server: {int(calls[''])} encoder calls, {sizes[''] / calls['']:.1f} queries "
+            "per call on average"
+        )
+    reasons = metric(metrics, "makevl_shed_total")
+    if shed:
+        print(
+            f"shed (503): {reasons} (queue full: more searches waiting than --queue-size; "
+            "deadline: a search waited past --deadline-ms for the model)"
+        )
+    print(
+        "load average (1/5/15 min) before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f} "
+        "on {} cores".format(*load_before, *load_after, os.cpu_count())
     )
     for error in errors[:5]:
         print(f"  error: {error}")

@@ -47,8 +47,10 @@ def test_serve_answers_on_loopback(served_index):
         else:
             raise AssertionError(f"server did not come up: {process.communicate(timeout=5)[0]}")
         assert health["products"] == 16
-        hits = client.get(base + "/search", params={"q": "wrist watch", "k": 1}).json()
-        assert hits["results"][0]["id"] == "p12"
+        assert health["index_version"] == served_index.resolve().name
+        response = client.get(base + "/search", params={"q": "wrist watch", "k": 1})
+        assert response.json()["results"][0]["id"] == "p12"
+        assert response.headers["X-Index-Version"] == health["index_version"]
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -62,3 +64,8 @@ def test_serve_refuses_a_corrupt_index(served_index, tmp_path, capsys):
     (copy / "index.faiss").write_bytes(b"garbage")
     assert main(["serve", str(copy), "--port", str(free_port())]) == 1
     assert "index.faiss: checksum mismatch" in capsys.readouterr().err
+
+
+def test_serve_refuses_bad_batching_options(served_index, capsys):
+    assert main(["serve", str(served_index), "--queue-size", "0"]) == 1
+    assert "queue_size must be at least 1" in capsys.readouterr().err

@@ -1,10 +1,16 @@
-"""``makevl serve DIR``: the search API and web page over one index (uvicorn)."""
+"""``makevl serve DIR``: the search API and web page over one index (uvicorn).
+
+Concurrent searches are batched by one worker (``--max-batch``, ``--max-wait-ms``,
+``--queue-size``, ``--deadline-ms``, ``--threads``), and a new index version
+published at ``DIR`` is picked up within ``--reload-s`` seconds.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from makevl.serving.batching import BatchSettings, default_threads
 from makevl.serving.limits import BODY_TIMEOUT_S, MAX_BODY_BYTES
 
 # Slow or idle clients (request bodies have their own limits, in the app): 5 s to send the
@@ -48,6 +54,46 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=MAX_BODY_BYTES,
         help=f"largest request body, else 413 (default {MAX_BODY_BYTES})",
     )
+    defaults = BatchSettings()
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=defaults.max_batch,
+        help=f"queries per encoder call (default {defaults.max_batch})",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=defaults.max_wait_ms,
+        help=f"how long a search waits for others to batch with (default {defaults.max_wait_ms:g})",
+    )
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        default=defaults.queue_size,
+        help=f"searches waiting for the model before new ones get 503 "
+        f"(default {defaults.queue_size})",
+    )
+    p.add_argument(
+        "--deadline-ms",
+        type=float,
+        default=defaults.deadline_ms,
+        help="a search that waited this long for the model gets 503 instead of a late answer "
+        f"(default {defaults.deadline_ms:g})",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads(),
+        help="torch/FAISS threads of the search worker (default: all cores but one, "
+        f"left for HTTP: {default_threads()})",
+    )
+    p.add_argument(
+        "--reload-s",
+        type=float,
+        default=1.0,
+        help="check for a new index version this often, in seconds; 0: never (default 1)",
+    )
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
@@ -61,6 +107,13 @@ def serve_command(args: argparse.Namespace) -> int:
     from makevl.serving.app import create_app
 
     try:
+        batching = BatchSettings(
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            queue_size=args.queue_size,
+            deadline_ms=args.deadline_ms,
+            threads=args.threads,
+        )
         searcher = Searcher(args.index_dir, checkpoint=args.checkpoint)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -70,6 +123,9 @@ def serve_command(args: argparse.Namespace) -> int:
         image_root=args.image_root,
         max_body_bytes=args.max_body_bytes,
         body_timeout=args.body_timeout,
+        batching=batching,
+        reload_s=args.reload_s,
+        checkpoint=args.checkpoint,
     )
     print(
         f"serving {len(searcher)} products from {args.index_dir} on http://{args.host}:{args.port}/",

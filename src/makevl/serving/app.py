@@ -10,22 +10,32 @@ bodies are capped in size and read time (:mod:`makevl.serving.limits`). Images
 are looked up by product id in the index, so no path a client sends is ever
 opened, and a stored path is served only if it lies in the catalog's image
 folder (:mod:`makevl.serving.images`).
+
+Searches go through one worker that batches concurrent queries into one
+encoder call and sheds load with 503 + ``Retry-After`` rather than queueing
+without bound (:mod:`makevl.serving.batching`). The index is live: a version
+published by ``makevl index add|delete|build`` replaces the served one without
+a restart, and every response comes from one version, named in its
+``X-Index-Version`` header (:mod:`makevl.serving.live_index`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -42,8 +52,10 @@ from makevl.index.search import (
     UnknownFilterError,
     parse_filters,
 )
+from makevl.serving.batching import BatchSettings, Overloaded, SearchBatcher
 from makevl.serving.images import MEDIA_TYPES, ImageRefused, image_roots, image_type, servable_image
 from makevl.serving.limits import BODY_TIMEOUT_S, MAX_BODY_BYTES, BodyLimits
+from makevl.serving.live_index import LiveIndex, index_version
 from makevl.serving.metrics import Metrics, MetricsMiddleware
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -54,6 +66,7 @@ MAX_ID_CHARS = 512
 MAX_FILTERS = 32
 MAX_FILTER_CHARS = 256
 EXPLAINED_KEYWORDS = 5
+VERSION_HEADER = "X-Index-Version"  # the index version a response was computed from
 log = logging.getLogger("makevl.serving")
 # What the schema's pattern \S (an ECMAScript regex) calls white space; Python's
 # str.strip() also strips \x1c-\x1f and \x85, which the schema allows in a query.
@@ -160,9 +173,16 @@ def _documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
         408: "the request body did not arrive within the server's time limit",
         413: "the request body is over the server's size limit",
         422: "invalid parameters or body; `errors` lists each problem",
+        503: "the server is overloaded (search queue full, or the search waited past its "
+        "deadline); retry after `Retry-After` seconds",
     }
+    retry = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
     return {
-        s: {"model": ValidationProblem if s == 422 else Problem, "description": why[s]}
+        s: {
+            "model": ValidationProblem if s == 422 else Problem,
+            "description": why[s],
+            **({"headers": retry} if s == 503 else {}),
+        }
         for s in statuses
     }
 
@@ -297,29 +317,48 @@ def _unprocessable(errors: list[dict[str, str]]) -> JSONResponse:
 
 
 def create_app(
-    index: str | Path | Searcher,
+    index: str | Path | Searcher | LiveIndex,
     *,
     image_root: str | Path | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     body_timeout: float = BODY_TIMEOUT_S,
+    batching: BatchSettings | None = None,
+    reload_s: float = 1.0,
     **searcher_options: Any,
 ) -> FastAPI:
-    """Build the app over an index directory (loaded here) or a ready :class:`Searcher`.
+    """Build the app over an index directory (loaded here), a ready :class:`Searcher` or a
+    :class:`LiveIndex`.
 
-    Image files are served only from under ``image_root``, by default the
-    catalog folders recorded in the index manifest at build time.
+    While the app runs (its lifespan), the index directory is checked for a new
+    version every ``reload_s`` seconds (0: never). Image files are served only
+    from under ``image_root``, by default the catalog folders recorded in the
+    served version's manifest.
     """
-    searcher = index if isinstance(index, Searcher) else Searcher(index, **searcher_options)
-    roots = image_roots(image_root or searcher.manifest.get("image_roots", []))
-    if not roots:
-        log.warning("%s records no image root: no image file will be served", searcher.index_dir)
+    if isinstance(index, LiveIndex):
+        live = index
+    else:
+        first = index if isinstance(index, Searcher) else Searcher(index, **searcher_options)
+        live = LiveIndex(first, poll_s=reload_s, **searcher_options)
+    if not image_roots(image_root or live.current.manifest.get("image_roots", [])):
+        log.warning("%s records no image root: no image file will be served", live.index_dir)
     metrics = Metrics()
+    batcher = SearchBatcher(batching, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        live.start()
+        yield
+        live.close()
+        batcher.close()
+
     app = FastAPI(
         title="makevl search",
         description="Text-to-multimodal product retrieval (MAKE).",
         version="0.1.0",
+        lifespan=lifespan,
     )
-    app.state.searcher = searcher
+    app.state.live_index = live
+    app.state.batcher = batcher
     app.state.metrics = metrics
     image_headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
 
@@ -353,12 +392,19 @@ def create_app(
             exc.headers = {"Allow": ", ".join(sorted(allowed))}
         return await http_exception_handler(request, exc)
 
-    def run_search(
-        queries: list[str], k: int, options: SearchOptions, source: str
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)}
+        return JSONResponse(status_code=503, content={"detail": exc.detail}, headers=headers)
+
+    async def run_search(
+        queries: list[str], k: int, options: SearchOptions, source: str, response: Response
     ) -> dict[str, Any]:
         """The search and the response fields all search routes share; a filter or mode
-        the index cannot serve is a 422 naming the parameter."""
+        the index cannot serve is a 422 naming the parameter. The search itself runs on
+        the batching worker, against the index version current when the request came."""
         start = time.perf_counter()
+        searcher = live.current  # this request's version, whatever is published meanwhile
         filters = parse_filters(options.filter)
         fusion = None
         if options.mode == "hybrid":
@@ -367,17 +413,23 @@ def create_app(
             except ValueError as exc:
                 raise _invalid(source, "lexical_weight", exc) from None
         try:
-            results = searcher.search(queries, k, filters=filters, mode=options.mode, fusion=fusion)
+            results = await batcher.search(
+                searcher, queries, k=k, filters=filters, mode=options.mode, fusion=fusion
+            )
         except UnknownFilterError as exc:
             raise _invalid(source, "filter", exc) from None
         except NoLexicalChannelError as exc:
             raise _invalid(source, "mode", exc) from None
         keywords = None
         if options.explain:
+            explained = await asyncio.to_thread(
+                searcher.query_keywords, queries, EXPLAINED_KEYWORDS
+            )
             keywords = [
                 [{"keyword": word, "weight": weight} for word, weight in found]
-                for found in searcher.query_keywords(queries, EXPLAINED_KEYWORDS)
+                for found in explained
             ]
+        response.headers[VERSION_HEADER] = index_version(searcher)
         return {
             "k": k,
             "mode": options.mode,
@@ -387,9 +439,11 @@ def create_app(
             "keywords": keywords,
         }
 
-    @app.get("/search", response_model=SearchResponse, responses=_documented(422))
-    def search(params: Annotated[SearchParams, Query()]) -> dict[str, Any]:
-        found = run_search([params.q], params.k, params, "query")
+    @app.get("/search", response_model=SearchResponse, responses=_documented(422, 503))
+    async def search(
+        params: Annotated[SearchParams, Query()], response: Response
+    ) -> dict[str, Any]:
+        found = await run_search([params.q], params.k, params, "query", response)
         keywords = found["keywords"]
         return {
             **found,
@@ -398,14 +452,15 @@ def create_app(
             "keywords": keywords[0] if keywords is not None else None,
         }
 
-    @app.post("/search", response_model=BatchResponse, responses=_documented(408, 413, 422))
-    def search_batch(body: BatchSearch) -> dict[str, Any]:
-        return run_search(body.queries, body.k, body, "body")
+    @app.post("/search", response_model=BatchResponse, responses=_documented(408, 413, 422, 503))
+    async def search_batch(body: BatchSearch, response: Response) -> dict[str, Any]:
+        return await run_search(body.queries, body.k, body, "body", response)
 
     @app.get("/facets", response_model=Facets, responses=_documented(422))
     def facets(
         top: Annotated[int, Query(ge=1, le=100, description="values per attribute")] = 20,
     ) -> dict[str, Any]:
+        searcher = live.current
         return {
             "facets": [
                 {"attribute": name, "values": [{"value": v, "count": n} for v, n in values]}
@@ -426,6 +481,7 @@ def create_app(
         "/products/{product_id:path}/image", response_class=Response, responses=image_responses
     )
     def product_image(product_id: ProductId) -> Response:
+        searcher = live.current
         image = searcher.image(product_id)  # looked up by id: only indexed catalog images
         if image is None:
             known = searcher.product(product_id) is not None
@@ -438,6 +494,7 @@ def create_app(
         if isinstance(image, bytes):
             media_type = image_type(image) or "application/octet-stream"
             return Response(image, media_type=media_type, headers=image_headers)
+        roots = image_roots(image_root or searcher.manifest.get("image_roots", []))
         try:
             path, media_type = servable_image(image, roots)
         except FileNotFoundError:
@@ -456,31 +513,41 @@ def create_app(
         response_model=ProductView,
         responses=_documented(404, 422),
     )
-    def product(product_id: ProductId) -> dict[str, Any]:
+    def product(product_id: ProductId, response: Response) -> dict[str, Any]:
+        searcher = live.current
         hit = searcher.product(product_id)
         if hit is None:
             raise HTTPException(404, f"no product {product_id!r} in the index")
+        response.headers[VERSION_HEADER] = index_version(searcher)
         return _product(hit)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
+        searcher = live.current
         return {
             "status": "ok",
             "products": len(searcher),
             "dim": searcher.dim,
             "index_type": searcher.manifest.get("index_type"),
             "model_hash": searcher.model_hash,
+            "index_version": index_version(searcher),
+            "reload_error": live.error,  # why a newer published version is not served
+            "queue_depth": batcher.depth,
         }
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus_metrics() -> PlainTextResponse:
-        text = metrics.render({"makevl_index_products": ("Products in the index.", len(searcher))})
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+        gauges = {
+            "makevl_index_products": ("Products in the index.", len(live.current)),
+            "makevl_index_reloads": ("New index versions loaded since start.", live.reloads),
+            "makevl_queue_depth": ("Searches waiting for the search worker.", batcher.depth),
+        }
+        return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    _document_index(app.openapi(), searcher)  # app.openapi() caches the schema it returns
+    _document_index(app.openapi(), live.current)  # app.openapi() caches the schema it returns
     return app
