@@ -6,6 +6,9 @@ channel (:mod:`makevl.index.lexical`), and the vectors go into a
 vector backend at the end (FAISS by default; see :mod:`makevl.index.backends`).
 Every row that is not indexed is reported with its reason.
 
+Under ``torchrun`` each process encodes its share of the catalog and rank 0
+writes the one index (see :mod:`makevl.index.sharding`).
+
 Updates (:func:`update_index`) encode only the new products and hand the
 backend the ids to delete and the vectors to add. Either way the result is
 written as a new version and swapped in atomically (see :mod:`makevl.index.store`).
@@ -31,7 +34,14 @@ from tqdm.auto import tqdm
 from makevl.data.catalog import Product, RowError
 from makevl.index.backends import DEFAULT_BACKEND, create_backend
 from makevl.index.encoders import Encoder, encoder_from_manifest, model_folder, store_model
-from makevl.index.lexical import LEXICAL_FILES, LexicalIndex
+from makevl.index.lexical import LEXICAL_FILES, LexicalIndex, product_text
+from makevl.index.sharding import (
+    gather_to_rank0,
+    pack_share,
+    process_share,
+    to_rank_gpu,
+    unpack_shares,
+)
 from makevl.index.store import (
     FORMAT_VERSION,
     PRODUCT_SCHEMA,
@@ -45,6 +55,9 @@ from makevl.index.store import (
     write_version,
     writer_lock,
 )
+
+# The product columns a vector backend may store beside the vectors (see VectorBackend.upsert).
+BACKEND_FIELDS = ["id", "attributes", "modality_weights"]
 
 
 @dataclass
@@ -136,16 +149,29 @@ def encode_stream(
     report: BuildReport,
     chunk_size: int = 1024,
     batch_size: int = 64,
-) -> Iterator[tuple[list[Product], np.ndarray, np.ndarray, int]]:
-    """Encode a catalog stream chunk by chunk: ``(products, vectors, modality_weights, rows)``.
+    share: tuple[int, int] = (0, 1),
+) -> Iterator[tuple[list[Product], np.ndarray, np.ndarray, np.ndarray, int]]:
+    """Encode a catalog stream chunk by chunk: ``(products, vectors, modality_weights,
+    positions, rows)``, ``positions`` being each product's place among the products kept.
 
     Unreadable rows, repeated ids (the first is kept) and products the encoder
     rejects go to ``report.skipped``; products indexed despite a problem the
     encoder worked around (e.g. an unusable image) to ``report.warnings``.
+    With ``share=(rank, world)`` only the products at positions ``rank`` mod
+    ``world`` are encoded (see :mod:`makevl.index.sharding`).
     """
+    rank, world = share
     seen: set[str] = set()
     chunk: list[Product] = []
+    positions: list[int] = []
     read = 0
+
+    def encoded() -> tuple[list[Product], np.ndarray, np.ndarray, np.ndarray, int]:
+        products, vectors, weights = _encode_chunk(chunk, encoder, batch_size, report)
+        position_of = dict(zip((p.id for p in chunk), positions))
+        kept = np.array([position_of[p.id] for p in products], dtype=np.int64)
+        return products, vectors, weights, kept, read
+
     for item in items:
         read += 1
         if isinstance(item, RowError):
@@ -155,13 +181,15 @@ def encode_stream(
                 f"{item.where}: duplicate product id {item.id!r}; the first is kept"
             )
         else:
+            if len(seen) % world == rank:
+                chunk.append(item)
+                positions.append(len(seen))
             seen.add(item.id)
-            chunk.append(item)
         if len(chunk) >= chunk_size:
-            yield *_encode_chunk(chunk, encoder, batch_size, report), read
-            chunk, read = [], 0
+            yield encoded()
+            chunk, positions, read = [], [], 0
     if chunk or read:
-        yield *_encode_chunk(chunk, encoder, batch_size, report), read
+        yield encoded()
 
 
 def _no_products(skipped: list[str]) -> IndexStoreError:
@@ -190,40 +218,53 @@ def build_index(
     ``config`` (the model's run config) and ``columns`` (the catalog column
     mapping, reused by later updates) are recorded in the manifest;
     ``backend_options`` go to the vector backend (FAISS: ``factory``,
-    ``exact_threshold``).
+    ``exact_threshold``; Milvus: ``uri``, ``collection_prefix``, ...).
+    Under ``torchrun`` every rank encodes its share of the catalog and rank 0
+    writes the index (:mod:`makevl.index.sharding`); the other ranks return an
+    empty report.
     """
     start = time.perf_counter()
     index_dir = Path(index_dir)
     report = BuildReport(index_dir)
     check_replaceable(index_dir)
+    rank, world = process_share()
+    bar = tqdm(total=total, unit="product", desc="encoding", disable=not progress or rank > 0)
+    chunks = _encoded_chunks(catalog, encoder, report, chunk_size, batch_size, (rank, world))
+    if world > 1:
+        to_rank_gpu(encoder)
+        with bar:
+            payloads = gather_to_rank0(_packed_share(chunks, bar, report))
+        if payloads is None:
+            return report
+        chunks, bar = iter([_unpacked_shares(payloads, report)]), tqdm(disable=True)
     with writer_lock(index_dir):
         version = new_version(index_dir)
-        writer, backend, chunks, next_id = None, None, [], 0
+        writer, backend, parts, next_id = None, None, [], 0
         lexical_parts: list[LexicalIndex] = []
         image_roots: set[str] = set()
         try:
-            with tqdm(total=total, unit="product", desc="encoding", disable=not progress) as bar:
-                for products, chunk_vectors, weights, read in encode_stream(
-                    catalog, encoder, report, chunk_size, batch_size
-                ):
-                    bar.update(read)
-                    if not products:
+            with bar:
+                for chunk in chunks:
+                    bar.update(chunk.rows_read)
+                    if not chunk.table.num_rows:
                         continue
                     if writer is None:  # fail on bad backend options before encoding it all
-                        dim = chunk_vectors.shape[1]
-                        backend = create_backend(backend_name, dim, **backend_options)
+                        dim = chunk.vectors.shape[1]
+                        backend = create_backend(backend_name, dim, version, **backend_options)
                         writer = pq.ParquetWriter(version / PRODUCTS_FILE, PRODUCT_SCHEMA)
-                    ids = np.arange(next_id, next_id + len(products), dtype=np.int64)
-                    next_id += len(products)
-                    writer.write_table(product_table(products, weights, ids), row_group_size=1024)
-                    chunks.append(chunk_vectors)
-                    lexical_parts.append(LexicalIndex.from_products(products, ids))
-                    image_roots |= catalog_folders(products)
+                    ids = np.arange(next_id, next_id + chunk.table.num_rows, dtype=np.int64)
+                    next_id += chunk.table.num_rows
+                    table = chunk.table.set_column(0, "vector_id", pa.array(ids))
+                    writer.write_table(table, row_group_size=1024)
+                    parts.append(chunk.vectors)
+                    lexical_parts.append(LexicalIndex.from_texts(chunk.texts, ids))
+                    image_roots |= chunk.image_roots
             if writer is None:
                 raise _no_products(report.skipped)
             writer.close()
             # One upsert of everything: an ANN index is trained on the whole catalog.
-            backend.upsert(np.arange(next_id, dtype=np.int64), np.concatenate(chunks))
+            fields = pq.read_table(version / PRODUCTS_FILE, columns=BACKEND_FIELDS)
+            backend.upsert(np.arange(next_id, dtype=np.int64), np.concatenate(parts), fields)
             if encoder_spec.get("type") == "checkpoint":  # the index keeps its own copy
                 encoder_spec = store_model(encoder_spec["path"], version, model_hash)
             now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -250,6 +291,67 @@ def build_index(
     report.index_type = backend.index_type
     report.seconds = time.perf_counter() - start
     return report
+
+
+@dataclass
+class _Encoded:
+    """Encoded products: display rows (``vector_id`` holds each product's position in
+    the catalog until the index numbers them), vectors, BM25 texts, image folders."""
+
+    table: pa.Table
+    vectors: np.ndarray
+    texts: list[str]
+    image_roots: set[str]
+    rows_read: int
+
+
+def _encoded_chunks(
+    catalog: Iterable[Product | RowError],
+    encoder: Encoder,
+    report: BuildReport,
+    chunk_size: int,
+    batch_size: int,
+    share: tuple[int, int],
+) -> Iterator[_Encoded]:
+    for products, vectors, weights, positions, read in encode_stream(
+        catalog, encoder, report, chunk_size, batch_size, share
+    ):
+        yield _Encoded(
+            product_table(products, weights, positions),
+            vectors,
+            [product_text(p) for p in products],
+            catalog_folders(products),
+            read,
+        )
+
+
+def _packed_share(chunks: Iterator[_Encoded], bar: tqdm, report: BuildReport) -> bytes:
+    """This rank's encoded products, packed for :func:`gather_to_rank0`."""
+    tables, parts, texts, image_roots = [], [], [], set()
+    for chunk in chunks:
+        bar.update(chunk.rows_read)
+        tables.append(chunk.table)
+        parts.append(chunk.vectors)
+        texts += chunk.texts
+        image_roots |= chunk.image_roots
+    table = pa.concat_tables(tables) if tables else PRODUCT_SCHEMA.empty_table()
+    nonempty = [v for v in parts if len(v)]
+    vectors = np.concatenate(nonempty) if nonempty else np.zeros((0, 0), np.float32)
+    notes = {"skipped": report.skipped, "warnings": report.warnings}
+    return pack_share(
+        table.append_column("lexical_text", pa.array(texts, pa.string())),
+        vectors,
+        {**notes, "image_roots": sorted(image_roots)},
+    )
+
+
+def _unpacked_shares(payloads: list[bytes], report: BuildReport) -> _Encoded:
+    """All ranks' shares as one chunk in catalog order; their notes go to ``report``."""
+    table, vectors, notes = unpack_shares(payloads)
+    report.skipped, report.warnings = notes["skipped"], notes["warnings"]
+    texts = table.column("lexical_text").to_pylist()
+    table = table.drop_columns(["lexical_text"])
+    return _Encoded(table, vectors, texts, set(notes["image_roots"]), 0)
 
 
 def update_index(
@@ -301,12 +403,11 @@ def update_index(
             removed_ids = table.filter(pc.invert(keep)).column("vector_id").to_numpy()
             next_id = manifest["next_id"]
             added_ids = np.arange(next_id, next_id + len(products), dtype=np.int64)
-            new_table = pa.concat_tables(
-                [table.filter(keep), product_table(products, weights_new, added_ids)]
-            )
+            added = product_table(products, weights_new, added_ids)
+            new_table = pa.concat_tables([table.filter(keep), added])
             backend = stored.backend
             backend.delete(removed_ids)
-            backend.upsert(added_ids, vectors_new)
+            backend.upsert(added_ids, vectors_new, added.select(BACKEND_FIELDS))
             lexical_files = []
             if LEXICAL_FILES[0] in manifest["files"]:  # indexes built before it have none
                 lexical = LexicalIndex.concatenate(
@@ -360,7 +461,7 @@ def _encode_new(
         model_hash = model_hash or getattr(encoder, "model_hash", None)
     check_model(manifest, model_hash, report.index_dir)
     with tqdm(unit="product", desc="encoding", disable=not progress) as bar:
-        for chunk, chunk_vectors, chunk_weights, read in encode_stream(
+        for chunk, chunk_vectors, chunk_weights, _positions, read in encode_stream(
             itertools.chain([first], items), encoder, report, chunk_size, batch_size
         ):
             bar.update(read)

@@ -3,7 +3,9 @@
 An index directory holds
 
 - the vector backend's files (FAISS: ``index.faiss``, ``vectors.npy``, ``ids.npy``;
-  see :mod:`makevl.index.backends`), holding one vector per ``vector_id`` below
+  see :mod:`makevl.index.backends`), holding one vector per ``vector_id`` below;
+  Milvus keeps the vectors in a collection the manifest names, and a Milvus Lite
+  database sits beside the versions (``DIR.versions/milvus.db``)
 - ``products.parquet``  one row per product: what a search result shows
 - ``model/``            the index's own copy of the checkpoint that encoded it (none
                         for the hashing encoder), so the index is self-contained
@@ -23,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -100,6 +103,11 @@ def new_version(index_dir: Path) -> Path:
     return path
 
 
+def is_version(path: Path) -> bool:
+    """A version folder :func:`new_version` made (not e.g. a Milvus Lite database beside them)."""
+    return path.is_dir() and re.fullmatch(r"\d{8}T\d{6}-[0-9a-f]{8}", path.name) is not None
+
+
 def check_replaceable(index_dir: Path) -> None:
     """Refuse to replace a file or a folder of other things with an index."""
     if index_dir.is_symlink() or not index_dir.exists():
@@ -123,7 +131,7 @@ def publish(index_dir: Path, version: Path) -> None:
     else:  # a plain directory (an index copied with cp -L): move it aside, then swap
         swap_into_place(link, index_dir)
     for old in versions_dir(index_dir).iterdir():  # previous and interrupted versions
-        if old.is_dir() and old != version:
+        if is_version(old) and old != version:
             shutil.rmtree(old, ignore_errors=True)
 
 

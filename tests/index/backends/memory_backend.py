@@ -25,7 +25,7 @@ class MemoryBackend:
     index_type = property(lambda self: "exact")
     options = property(lambda self: {})
 
-    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray, products: Any = None) -> None:
         if np.shape(vectors) != (len(ids), self._dim):
             raise ValueError(f"upsert needs vectors of shape ({len(ids)}, {self._dim})")
         self.delete(ids)

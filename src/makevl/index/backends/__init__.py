@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 
 DEFAULT_BACKEND = "faiss"
-BACKENDS = {"faiss": "makevl.index.backends.faiss:FaissBackend"}
+BACKENDS = {
+    "faiss": "makevl.index.backends.faiss:FaissBackend",
+    "milvus": "makevl.index.backends.milvus:MilvusBackend",
+}
 
 
 class VectorBackend(Protocol):
@@ -42,8 +46,15 @@ class VectorBackend(Protocol):
         """The creation options, recorded in the manifest and passed back on load."""
         ...
 
-    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add ``vectors [N, dim]`` under ``ids``; an id already held is replaced."""
+    def upsert(
+        self, ids: np.ndarray, vectors: np.ndarray, products: pa.Table | None = None
+    ) -> None:
+        """Add ``vectors [N, dim]`` under ``ids``; an id already held is replaced.
+
+        ``products`` (rows of the index's product table, row i for ``ids[i]``) is
+        for backends that store product fields beside the vectors (Milvus); others
+        ignore it.
+        """
         ...
 
     def delete(self, ids: np.ndarray) -> None:
@@ -73,9 +84,15 @@ def _backend_class(name: str) -> Any:
     return getattr(importlib.import_module(module), cls)
 
 
-def create_backend(name: str, dim: int, **options: Any) -> VectorBackend:
-    """A new, empty backend of kind ``name`` for ``dim``-dim vectors."""
-    return _backend_class(name)(dim, **options)
+def create_backend(
+    name: str, dim: int, folder: Path | None = None, **options: Any
+) -> VectorBackend:
+    """A new, empty backend of kind ``name`` for ``dim``-dim vectors.
+
+    ``folder`` is the index version it will be saved into: a backend whose data
+    lives outside it (Milvus Lite) places its files relative to it.
+    """
+    return _backend_class(name)(dim, folder=folder, **options)
 
 
 def load_backend(name: str, folder: Path, **options: Any) -> VectorBackend:

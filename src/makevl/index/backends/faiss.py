@@ -97,6 +97,7 @@ class FaissBackend:
         factory: str = DEFAULT_FACTORY,
         exact_threshold: int = DEFAULT_EXACT_THRESHOLD,
         *,
+        folder: Path | None = None,  # unused: FAISS writes its files only on save()
         ef_search: int = 128,
         nprobe: int = 64,
     ) -> None:
@@ -139,7 +140,8 @@ class FaissBackend:
         if "IVF" in self._index_type:
             faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", nprobe)
 
-    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray, products: Any = None) -> None:
+        """``products`` is ignored: FAISS holds only vectors."""
         ids = np.asarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape != (len(ids), self._dim):
