@@ -39,6 +39,13 @@ def write_catalog(folder: Path, rows=PRODUCTS, name: str = "catalog.csv") -> Pat
     return path
 
 
+def release_milvus_lite() -> None:
+    """Stop the Milvus Lite servers this process started: another process may then open them."""
+    from milvus_lite import server_manager_instance
+
+    server_manager_instance.release_all()
+
+
 def build(index_dir: Path, catalog, encoder=None, **options):
     encoder = encoder or HashingEncoder(32)
     items = iter_catalog(catalog) if isinstance(catalog, Path) else catalog

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from index.index_testing import PRODUCTS, write_catalog
 from makevl.cli import main
 from makevl.index.search import Searcher
@@ -13,25 +15,14 @@ def search_json(capsys, index, query, k=3):
     return json.loads(capsys.readouterr().out.splitlines()[0])["results"]
 
 
-def test_build_search_add_delete(tmp_path, catalog, capsys):
+@pytest.mark.parametrize(
+    "backend, exact", [([], "Flat"), (["--backend", "milvus", "--milvus-uri", "vectors.db"], "FLAT")]
+)
+def test_build_search_add_delete(tmp_path, catalog, capsys, backend, exact):
     index = tmp_path / "index"
-    assert (
-        main(
-            [
-                "index",
-                "build",
-                "--hashing-encoder",
-                "32",
-                "--catalog",
-                str(catalog),
-                "--out",
-                str(index),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    assert f"{len(PRODUCTS)} products (Flat)" in capsys.readouterr().out
+    build = ["index", "build", "--hashing-encoder", "32", "--catalog", str(catalog)]
+    assert main([*build, "--out", str(index), "--quiet", *backend]) == 0
+    assert f"{len(PRODUCTS)} products ({exact})" in capsys.readouterr().out
     assert search_json(capsys, index, "red t-shirt")[0]["id"] == "p1"
 
     capsys.readouterr()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from index.index_testing import build, write_catalog
+from index.index_testing import build, release_milvus_lite, write_catalog
 from makevl.data.catalog import Product, iter_catalog
 
 
@@ -18,8 +18,8 @@ def png_bytes(colour=(0, 0, 255)) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture(scope="module")
-def served_index(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=["faiss", "milvus"])
+def served_index(request, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("served")
     products = list(iter_catalog(write_catalog(root / "shop")))
     products += [
@@ -28,5 +28,6 @@ def served_index(tmp_path_factory) -> Path:
         Product("../../etc/passwd", "Oddly named product", None),
         Product("sku/42", "Green glass vase", png_bytes((0, 160, 0))),
     ]
-    build(root / "index", products)
+    build(root / "index", products, backend_name=request.param)
+    release_milvus_lite()  # so that a `makevl serve` subprocess can open the index
     return root / "index"

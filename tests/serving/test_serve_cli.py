@@ -61,9 +61,9 @@ def test_serve_refuses_a_corrupt_index(served_index, tmp_path, capsys):
     copy.mkdir()
     for path in served_index.iterdir():
         (copy / path.name).write_bytes(path.read_bytes())
-    (copy / "index.faiss").write_bytes(b"garbage")
+    (copy / "products.parquet").write_bytes(b"garbage")
     assert main(["serve", str(copy), "--port", str(free_port())]) == 1
-    assert "index.faiss: checksum mismatch" in capsys.readouterr().err
+    assert "products.parquet: checksum mismatch" in capsys.readouterr().err
 
 
 def test_serve_refuses_bad_batching_options(served_index, capsys):

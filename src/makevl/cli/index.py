@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -37,12 +38,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="catalog file (CSV/JSONL/Parquet); default: the shop the checkpoint was trained on",
     )
     b.add_argument("--out", required=True, help="index directory (replaced atomically)")
+    b.add_argument("--backend", choices=["faiss", "milvus"], default="faiss", help="vector backend")
     b.add_argument("--factory", default=None, help="FAISS index factory string (default HNSW32)")
     b.add_argument(
         "--exact-threshold",
         type=int,
         default=None,
         help="below this many products use exact search (Flat); default 50000",
+    )
+    b.add_argument(
+        "--milvus-uri",
+        help="Milvus: a local .db file (Milvus Lite; relative paths sit beside the index) "
+        "or a server address like http://host:19530 (default milvus.db)",
+    )
+    b.add_argument(
+        "--milvus-collection",
+        help="Milvus: collection name, unique per index on a shared server; each version "
+        "gets NAME_v<stamp> (default 'products'; required with a server address)",
+    )
+    b.add_argument(
+        "--milvus-index",
+        choices=["HNSW", "IVF_FLAT", "FLAT", "AUTOINDEX"],
+        help="Milvus: index type at or above the exact threshold (default HNSW)",
     )
     _common(b)
     b.set_defaults(func=build_command)
@@ -94,37 +111,69 @@ def _catalog_options(args: argparse.Namespace) -> CatalogOptions:
     return CatalogOptions(args.preset, args.column, args.encoding, args.image_root, args.limit)
 
 
-def _report(action: Callable[[], Any]) -> int:
-    """Run an index action; print its summary, or the error (exit code 1)."""
+def _report(action: Callable[[], Any], show: bool = True) -> int:
+    """Run an index action; print its summary (if ``show``), or the error (exit code 1)."""
     try:
         report = action()
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(report.summary())
+    if show:
+        print(report.summary())
     return 0
+
+
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The chosen vector backend's options from the flags; unset ones keep its defaults."""
+    milvus = {
+        "uri": args.milvus_uri,
+        "collection_prefix": args.milvus_collection,
+        "index_type": args.milvus_index,
+    }
+    if args.backend == "faiss":
+        if any(value is not None for value in milvus.values()):
+            raise ValueError(
+                "--milvus-uri/--milvus-collection/--milvus-index need --backend milvus"
+            )
+        options = {"factory": args.factory}
+    elif args.factory:
+        raise ValueError("--factory is for FAISS; with --backend milvus use --milvus-index")
+    elif "://" in (args.milvus_uri or "") and not args.milvus_collection:
+        raise ValueError(
+            "--milvus-collection is needed with a Milvus server: old versions' collections of "
+            "that name are dropped, so give each index its own"
+        )
+    else:
+        options = milvus
+    options["exact_threshold"] = args.exact_threshold
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def build_command(args: argparse.Namespace) -> int:
     from makevl.index.actions import build_from_catalog
+    from makevl.training.distributed import cleanup, setup
 
-    backend_options = {
-        key: value
-        for key, value in (("factory", args.factory), ("exact_threshold", args.exact_threshold))
-        if value is not None
-    }
-    return _report(
-        lambda: build_from_catalog(
-            args.out,
-            checkpoint=args.checkpoint,
-            hashing_dim=args.hashing_encoder,
-            catalog=args.catalog,
-            options=_catalog_options(args),
-            batch_size=args.batch_size,
-            progress=not args.quiet,
-            **backend_options,
+    # Under torchrun each rank encodes a share of the catalog (on its GPU if there are
+    # GPUs) and rank 0 writes the index and prints its summary.
+    ranks = setup() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    try:
+        return _report(
+            lambda: build_from_catalog(
+                args.out,
+                checkpoint=args.checkpoint,
+                hashing_dim=args.hashing_encoder,
+                catalog=args.catalog,
+                options=_catalog_options(args),
+                batch_size=args.batch_size,
+                progress=not args.quiet,
+                backend_name=args.backend,
+                **_backend_options(args),
+            ),
+            show=ranks is None or ranks.is_main,
         )
-    )
+    finally:
+        if ranks is not None:
+            cleanup(ranks)
 
 
 def add_command(args: argparse.Namespace) -> int:

@@ -28,6 +28,14 @@ def process_share() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def to_rank_gpu(encoder: object) -> None:
+    """Move a torch encoder to this rank's GPU (``cuda:LOCAL_RANK``), where there is one."""
+    import torch
+
+    if torch.cuda.is_available() and hasattr(encoder, "to"):
+        encoder.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
+
+
 def pack_share(table: pa.Table, vectors: np.ndarray, notes: dict[str, list[str]]) -> bytes:
     """One rank's encoded products (``vector_id`` = catalog position) as Arrow IPC bytes,
     with ``notes`` (e.g. the report's skipped rows) as lists of strings."""

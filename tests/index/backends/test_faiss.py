@@ -25,6 +25,9 @@ CONFIGS = {
     "faiss-hnsw": ("faiss", {"factory": "HNSW32", "exact_threshold": 0}),
     "faiss-ivf": ("faiss", {"factory": "IVF2,Flat", "exact_threshold": 0}),
     "memory": ("memory", {}),
+    # Milvus Lite in this process; a relative .db path lands beside the version folder
+    "milvus-flat": ("milvus", {"uri": "milvus.db", "exact_threshold": 1000}),
+    "milvus-hnsw": ("milvus", {"uri": "milvus.db", "exact_threshold": 0}),
 }
 
 
@@ -49,10 +52,18 @@ VECTORS = unit_vectors(len(IDS), seed=0)
 
 
 @pytest.fixture
-def backend(config):
+def folder(tmp_path):
+    """Where the backend will be saved: a version folder, as the index store gives it."""
+    (tmp_path / "version").mkdir()
+    return tmp_path / "version"
+
+
+@pytest.fixture
+def backend(config, folder):
     name, options = config
-    backend = create_backend(name, DIM, **options)
+    backend = create_backend(name, DIM, folder, **options)
     backend.upsert(IDS, VECTORS)
+    backend.save(folder)  # a Milvus collection takes its index type on save
     return backend
 
 
@@ -106,13 +117,13 @@ def test_filtered_search_is_the_exact_top_k_of_the_allowed_ids(backend):
     assert (ids[:, 6:] == -1).all() and set(ids[:, :6].ravel()) == set(allowed)
 
 
-def test_save_load_round_trip(backend, config, tmp_path):
-    name, options = config
-    names = backend.save(tmp_path)
-    assert names and all((tmp_path / n).is_file() for n in names)
+def test_save_load_round_trip(backend, config, folder):
+    name, _ = config
+    names = backend.save(folder)
+    assert all((folder / n).is_file() for n in names)
     queries = unit_vectors(3, seed=4)
     for mmap in (True, False):
-        loaded = load_backend(name, tmp_path, mmap=mmap, **options)
+        loaded = load_backend(name, folder, mmap=mmap, **backend.options)
         assert (loaded.count, loaded.dim, loaded.index_type) == (
             backend.count,
             backend.dim,
@@ -121,6 +132,7 @@ def test_save_load_round_trip(backend, config, tmp_path):
         np.testing.assert_array_equal(loaded.search(queries, 5)[1], backend.search(queries, 5)[1])
     loaded.delete(IDS[:2])  # a loaded backend can be changed
     assert loaded.count == len(IDS) - 2
+    assert load_backend(name, folder, **backend.options).count == len(IDS)  # the saved one not
 
 
 def test_upsert_checks_shapes(backend):
