@@ -13,6 +13,8 @@ from the product distribution, so recall stays meaningful).
     python benchmarks/search_latency.py            # 1k, 10k, 100k, 1M (~6-10 min on 2 cores)
     python benchmarks/search_latency.py --quick    # 1k, 10k (~1 min)
     python benchmarks/search_latency.py --checkpoint runs/x/best   # a trained query tower
+    python benchmarks/search_latency.py --sizes 10000,100000 --milvus --encoder hashing
+        # Milvus Lite (exact FLAT and HNSW) beside FAISS Flat (~3 min)
 
 Without --checkpoint the query tower is all-MiniLM-L6-v2 (the default MAKE text
 backbone, loaded offline) plus a random projection to --dim.
@@ -26,6 +28,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -113,51 +116,71 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
 
 
-def bench_size(n: int, args, tower, texts: list[str]) -> list[dict]:
+def build_backend(name: str, index_type: str, vectors: np.ndarray, folder: Path, args):
+    """An index of ``vectors`` through makevl's backend seam, as `makevl index build` makes it."""
+    dim = vectors.shape[1]
+    defaults = {"ef_search": args.ef_search, "nprobe": args.nprobe}
+    if name == "faiss":
+        index = create_backend("faiss", dim, factory=index_type, exact_threshold=0, **defaults)
+    else:  # Milvus Lite in this process, one database per index
+        version = folder / f"{index_type}-{len(vectors)}" / "version"
+        version.mkdir(parents=True)
+        index = create_backend(
+            "milvus", dim, version, index_type=index_type, exact_threshold=0, **defaults
+        )
+    index.upsert(np.arange(len(vectors), dtype=np.int64), vectors)
+    if name == "milvus":
+        index.save(version)  # builds the Milvus index of its type and flushes
+    return index
+
+
+def bench_size(n: int, args, tower, texts: list[str], folder: Path) -> list[dict]:
     dim, k = args.dim, 10
     basis = np.random.default_rng(1).standard_normal((args.rank, dim)).astype(np.float32)
     vectors = embedding_like(n, dim, basis, seed=2)
     queries = embedding_like(args.queries, dim, basis, seed=3)
-    ids = np.arange(n, dtype=np.int64)
 
-    plans = [("Flat", {})]
+    plans = [("faiss", "Flat", {})]
     if n <= 100_000:
-        plans.append(("HNSW32", {"ef_search": args.ef_search}))
+        plans.append(("faiss", "HNSW32", {"ef_search": args.ef_search}))
     if n >= 100_000:
         nlist = 1024 if n >= 1_000_000 else 256
-        plans.append((f"IVF{nlist},Flat", {"nprobe": args.nprobe}))
+        plans.append(("faiss", f"IVF{nlist},Flat", {"nprobe": args.nprobe}))
+    if args.milvus:
+        plans += [("milvus", "FLAT", {}), ("milvus", "HNSW", {"ef_search": args.ef_search})]
     sweeps = {"ef_search": [32, 64, 256], "nprobe": [8, 16, 32, 128]}  # speed/recall trade-off
     defaults = {"ef_search": args.ef_search, "nprobe": args.nprobe}
 
     rows, truth = [], None
-    for factory, params in plans:
+    for backend, factory, params in plans:
         faiss_backend.set_threads(os.cpu_count() or 1)  # builds use every core
         start = time.perf_counter()
-        index = create_backend("faiss", dim, factory=factory, exact_threshold=0, **defaults)
-        index.upsert(ids, vectors)
+        index = build_backend(backend, factory, vectors, folder, args)
         build_s = time.perf_counter() - start
         faiss_backend.set_threads(args.threads)  # one query per request, as the server runs them
+        timed = queries if backend == "faiss" else queries[: args.milvus_queries]
         index.search(queries[:5], k)  # warm up
-        times, found = time_searches(index, queries, k)
+        times, found = time_searches(index, timed, k)
         if truth is None:
             truth = found  # Flat is exact
         e2e = []
-        for i, q in enumerate(queries[: args.e2e_queries]):
+        for i, q in enumerate(timed[: args.e2e_queries]):
             start = time.perf_counter()
             tower.encode_queries([texts[i % len(texts)]])
             index.search(q[None], k)
             e2e.append(time.perf_counter() - start)
         row = {
             "products": n,
+            "backend": backend,
             "index": factory,
             "params": params,
             "build_s": build_s,
             "build_products_per_s": n / build_s if build_s > 0 else float("inf"),
             "search": percentiles(times),
-            "recall@10": recall_at_k(found, truth),
+            "recall@10": recall_at_k(found, truth[: len(found)]),
             "end_to_end": percentiles(e2e),
         }
-        for name in params:
+        for name in params if backend == "faiss" else ():
             row["sweep"] = []
             for value in sweeps[name]:
                 index.set_search_params(**{**defaults, name: value})
@@ -176,15 +199,15 @@ def bench_size(n: int, args, tower, texts: list[str]) -> list[dict]:
 def format_row(r: dict) -> str:
     s, e = r["search"], r["end_to_end"]
     return (
-        f"| {r['products']:>9,} | {r['index']:<14} | {r['build_products_per_s']:>12,.0f} | "
+        f"| {r['products']:>9,} | {r['backend']:<7} | {r['index']:<14} | {r['build_products_per_s']:>12,.0f} | "
         f"{s['p50_ms']:>7.3f} | {s['p99_ms']:>7.3f} | {s['qps']:>8,.0f} | {r['recall@10']:>6.3f} | "
         f"{e['p50_ms']:>7.2f} | {e['p99_ms']:>7.2f} |"
     )
 
 
 HEADER = (
-    "| products  | index          | build prod/s | p50 ms  | p99 ms  | q/s      | R@10   | e2e p50 | e2e p99 |\n"
-    "|----------:|----------------|-------------:|--------:|--------:|---------:|-------:|--------:|--------:|"
+    "| products  | backend | index          | build prod/s | p50 ms  | p99 ms  | q/s      | R@10   | e2e p50 | e2e p99 |\n"
+    "|----------:|---------|----------------|-------------:|--------:|--------:|---------:|-------:|--------:|--------:|"
 )
 
 
@@ -210,6 +233,15 @@ def main() -> int:
         default=1,
         help="torch and FAISS threads while timing queries (builds use all cores)",
     )
+    parser.add_argument(
+        "--milvus", action="store_true", help="also time Milvus Lite (FLAT, HNSW) in this process"
+    )
+    parser.add_argument(
+        "--milvus-queries",
+        type=int,
+        default=50,
+        help="timed queries per Milvus Lite index (each scans every row in Python)",
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
     sizes = (
@@ -228,8 +260,9 @@ def main() -> int:
         tower.encode_queries([text])
         encode_times.append(time.perf_counter() - start)
     encode = percentiles(encode_times[10:])
+    milvus = f", milvus-lite {version('milvus-lite')}" if args.milvus else ""
     machine = (
-        f"{platform.machine()}, {os.cpu_count()} CPUs, faiss-cpu {version('faiss-cpu')}, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, faiss-cpu {version('faiss-cpu')}{milvus}, "
         f"{args.threads} thread(s) per query, load average {os.getloadavg()[0]:.1f}"
     )
     print(
@@ -240,9 +273,10 @@ def main() -> int:
 
     started = time.perf_counter()
     rows = []
-    for n in sizes:
-        rows += bench_size(n, args, tower, QUERIES)
-        gc.collect()
+    with tempfile.TemporaryDirectory(prefix="makevl-bench-") as folder:
+        for n in sizes:
+            rows += bench_size(n, args, tower, QUERIES, Path(folder))
+            gc.collect()
     print(f"\ntotal {time.perf_counter() - started:.0f} s\n\nspeed/recall trade-off (search only):")
     for row in rows:
         for point in row.get("sweep", []):
