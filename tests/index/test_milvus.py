@@ -141,3 +141,34 @@ def test_manifest_names_uri_and_collection_not_credentials(tmp_path, catalog, mo
     assert "secret" not in json.dumps(read_manifest(index))
     assert (versions_dir(index) / "vectors.db").is_dir()
     assert len(PRODUCTS) == len(Searcher(index))
+
+
+@pytest.mark.slow
+def test_fashion_mini_exact_top10_equals_faiss_flat(tmp_path):
+    """Every fashion-mini test query: Milvus FLAT's top 10 is FAISS Flat's (hashing encoder).
+
+    The hashing encoder gives products with the same text the same vector, so
+    scores tie exactly; the two engines may order a tied group differently and,
+    at rank 10, keep different members of it. Ties are compared as groups.
+    """
+    from makevl.config import DataConfig
+    from makevl.data.shop import fashion_mini_dir, load_shop
+    from makevl.index.encoders import HashingEncoder
+
+    if not (fashion_mini_dir() / "styles.csv").is_file():
+        pytest.skip("fashion-mini is not in shared/datasets")
+    shop = load_shop(DataConfig.model_validate({"preset": "fashion-mini"}))
+    queries = list(shop.query_set("test").queries.values())
+    encoder = HashingEncoder(256)
+    build(tmp_path / "faiss", shop.products, encoder)
+    build_milvus(tmp_path / "milvus", shop.products, encoder=encoder)
+    faiss_hits = Searcher(tmp_path / "faiss").search(queries, k=10)
+    milvus_hits = Searcher(tmp_path / "milvus").search(queries, k=10)
+    assert len(queries) > 500 and read_manifest(tmp_path / "milvus")["index_type"] == "FLAT"
+    for query, expected, got in zip(queries, faiss_hits, milvus_hits):
+        scores = [h.score for h in expected]
+        np.testing.assert_allclose([h.score for h in got], scores, atol=1e-5, err_msg=query)
+        above_ties = scores[-1] + 1e-5  # the products that rank above the tied group at 10
+        assert {h.id for h in got if h.score > above_ties} == {
+            h.id for h in expected if h.score > above_ties
+        }, query
