@@ -16,7 +16,8 @@ def search_json(capsys, index, query, k=3):
 
 
 @pytest.mark.parametrize(
-    "backend, exact", [([], "Flat"), (["--backend", "milvus", "--milvus-uri", "vectors.db"], "FLAT")]
+    "backend, exact",
+    [([], "Flat"), (["--backend", "milvus", "--milvus-uri", "vectors.db"], "FLAT")],
 )
 def test_build_search_add_delete(tmp_path, catalog, capsys, backend, exact):
     index = tmp_path / "index"

@@ -137,7 +137,6 @@ class MilvusBackend:
         self._dim, self.uri, self.prefix = dim, uri, collection_prefix
         self.ann_type, self.exact_threshold = index_type, exact_threshold
         self.ef_search, self.nprobe = ef_search, nprobe
-        self.folder = folder
         self.client = connect(resolve_uri(uri, folder))
         self._indexed = ""  # the type of the collection's vector index
         self.source = collection  # the collection this was loaded from; copied before a change
@@ -190,7 +189,10 @@ class MilvusBackend:
             schema.add_field(field, DataType.FLOAT, nullable=True)
         name = _new_collection_name(self.prefix)
         self.client.create_collection(
-            name, schema=schema, index_params=self._index_params("FLAT", 0), consistency_level="Strong"
+            name,
+            schema=schema,
+            index_params=self._index_params("FLAT", 0),
+            consistency_level="Strong",
         )
         self._indexed = "FLAT"
         return name
@@ -241,7 +243,9 @@ class MilvusBackend:
 
     # Changes
 
-    def upsert(self, ids: np.ndarray, vectors: np.ndarray, products: pa.Table | None = None) -> None:
+    def upsert(
+        self, ids: np.ndarray, vectors: np.ndarray, products: pa.Table | None = None
+    ) -> None:
         ids = np.asarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape != (len(ids), self._dim):
@@ -254,7 +258,8 @@ class MilvusBackend:
         for start in range(0, len(ids), BATCH):
             stop = min(start + BATCH, len(ids))
             rows = [
-                {"vector_id": int(i), "vector": v} for i, v in zip(ids[start:stop], vectors[start:stop])
+                {"vector_id": int(i), "vector": v}
+                for i, v in zip(ids[start:stop], vectors[start:stop])
             ]
             if products is not None:
                 _add_product_fields(rows, products.slice(start, stop - start))
