@@ -75,8 +75,13 @@ def connect(uri: str) -> Any:
     local = uri.endswith(".db")
     if local:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    # pymilvus pings every 10 s; Milvus Lite's gRPC server allows one per 5 minutes and
+    # answers more with GOAWAY (logged to stderr, then a reconnect).
+    grpc_options = {"grpc.keepalive_time_ms": 360_000} if local else {}
     try:
-        return MilvusClient(uri=uri, token=os.environ.get("MILVUS_TOKEN", ""), timeout=30)
+        return MilvusClient(
+            uri=uri, token=os.environ.get("MILVUS_TOKEN", ""), timeout=30, grpc_options=grpc_options
+        )
     except Exception as exc:  # pymilvus raises its own exception types for every failure
         hint = (
             "Milvus Lite serves one process at a time: stop the other process using it "
