@@ -29,11 +29,12 @@ def process_share() -> tuple[int, int]:
 
 
 def to_rank_gpu(encoder: object) -> None:
-    """Move a torch encoder to this rank's GPU (``cuda:LOCAL_RANK``), where there is one."""
+    """Move an encoder's torch model (``encoder.model``) to this rank's GPU, where there is one."""
     import torch
 
-    if torch.cuda.is_available() and hasattr(encoder, "to"):
-        encoder.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
+    model = getattr(encoder, "model", None)
+    if torch.cuda.is_available() and isinstance(model, torch.nn.Module):
+        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
 
 
 def pack_share(table: pa.Table, vectors: np.ndarray, notes: dict[str, list[str]]) -> bytes:
