@@ -69,8 +69,8 @@ def connect(uri: str) -> Any:
     try:
         from pymilvus import MilvusClient
     except ImportError as exc:
-        raise ImportError(
-            "the Milvus backend needs pymilvus and milvus-lite: pip install 'makevl[milvus]'"
+        raise IndexStoreError(
+            "the Milvus backend needs pymilvus and milvus-lite: pip install -e '.[milvus]'"
         ) from exc
     local = uri.endswith(".db")
     if local:
