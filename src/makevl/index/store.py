@@ -83,6 +83,11 @@ def writer_lock(index_dir: Path) -> Iterator[None]:
         yield
 
 
+def is_version(path: Path) -> bool:
+    """A version folder :func:`new_version` made (not e.g. a Milvus Lite database beside them)."""
+    return path.is_dir() and re.fullmatch(r"\d{8}T\d{6}-[0-9a-f]{8}", path.name) is not None
+
+
 def remove_unpublished(index_dir: Path) -> None:
     """Remove the versions (and link files) that a crashed build or update left behind.
 
@@ -90,7 +95,7 @@ def remove_unpublished(index_dir: Path) -> None:
     """
     current = index_dir.resolve() if index_dir.is_symlink() else None
     for path in versions_dir(index_dir).iterdir():
-        if path.is_dir() and path.resolve() != current:
+        if is_version(path) and path.resolve() != current:
             shutil.rmtree(path, ignore_errors=True)
     for link in index_dir.parent.glob(f".{index_dir.name}.link-*"):
         link.unlink(missing_ok=True)
@@ -101,11 +106,6 @@ def new_version(index_dir: Path) -> Path:
     path = versions_dir(index_dir) / f"{stamp}-{uuid.uuid4().hex[:8]}"
     path.mkdir(parents=True)
     return path
-
-
-def is_version(path: Path) -> bool:
-    """A version folder :func:`new_version` made (not e.g. a Milvus Lite database beside them)."""
-    return path.is_dir() and re.fullmatch(r"\d{8}T\d{6}-[0-9a-f]{8}", path.name) is not None
 
 
 def check_replaceable(index_dir: Path) -> None:

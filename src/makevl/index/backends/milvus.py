@@ -45,10 +45,6 @@ WEIGHT_FIELDS = ("weight_title", "weight_image", "weight_fused")  # store.MODALI
 BATCH = 2000  # rows per insert / delete / copy request
 MAX_TEXT = 65_535  # Milvus VARCHAR limit
 
-# pymilvus warns on every query iterator Milvus Lite answers; nothing a user can act on.
-logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
-
-
 def resolve_uri(uri: str, folder: Path | None) -> str:
     """A server URI as it is; a local ``.db`` path made absolute beside the index's versions."""
     if "://" in uri or uri.startswith("unix:"):
@@ -72,6 +68,9 @@ def connect(uri: str) -> Any:
         raise IndexStoreError(
             "the Milvus backend needs pymilvus and milvus-lite: pip install -e '.[milvus]'"
         ) from exc
+    # pymilvus (configuring its loggers on import) warns on every query iterator Milvus
+    # Lite answers; nothing a user can act on.
+    logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
     local = uri.endswith(".db")
     if local:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
