@@ -129,6 +129,8 @@ def test_bad_milvus_options_are_named(tmp_path, catalog, capsys):
     assert "--milvus-collection is needed with a Milvus server" in capsys.readouterr().err
     assert main([*build_args, "--factory", "HNSW32"]) == 1
     assert "--factory is for FAISS" in capsys.readouterr().err
+    assert main([*build_args[:-2], "--milvus-uri", "vectors.db"]) == 1  # FAISS: not its flag
+    assert "need --backend milvus" in capsys.readouterr().err
     assert not (tmp_path / "index").exists()
 
 

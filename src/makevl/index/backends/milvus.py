@@ -45,6 +45,7 @@ WEIGHT_FIELDS = ("weight_title", "weight_image", "weight_fused")  # store.MODALI
 BATCH = 2000  # rows per insert / delete / copy request
 MAX_TEXT = 65_535  # Milvus VARCHAR limit
 
+
 def resolve_uri(uri: str, folder: Path | None) -> str:
     """A server URI as it is; a local ``.db`` path made absolute beside the index's versions."""
     if "://" in uri or uri.startswith("unix:"):
