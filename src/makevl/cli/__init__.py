@@ -11,7 +11,7 @@ import sys
 # Subcommand modules, in pipeline order. Each defines ``register(subparsers)``
 # which adds its parser and sets ``func`` to a callable taking the parsed args
 # and returning an exit code.
-SUBCOMMANDS = ["data", "demo", "train", "eval", "report", "index", "search", "serve"]
+SUBCOMMANDS = ["data", "demo", "train", "eval", "report", "index", "export", "search", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,8 @@ An index directory holds
 - ``model/``            the index's own copy of the checkpoint that encoded it (none
                         for the hashing encoder), so the index is self-contained
 - ``lexical.npz``, ``lexical_terms.json``  the BM25 channel (:mod:`makevl.index.lexical`)
+- ``query_tower*.onnx``  optional compiled query towers (``makevl export``), listed with
+                        their SHA-256 and parity under the manifest's ``runtimes``
 - ``manifest.json``     model hash, encoder, config, dim, count, backend and its
                         options, times and the SHA-256 of every file above; written last
 
@@ -148,6 +150,7 @@ def write_version(
     manifest last and publish. Returns the manifest written."""
     if table is not None:
         pq.write_table(table, version / PRODUCTS_FILE, row_group_size=1024)
+    carry_runtimes(index_dir, version, manifest)
     names = [*backend.save(version), PRODUCTS_FILE, *other_files]
     if (version / MODEL_DIR).is_dir():  # checksummed too: a swapped model is refused
         names += sorted(f"{MODEL_DIR}/{p.name}" for p in (version / MODEL_DIR).iterdir())
@@ -166,6 +169,15 @@ def write_version(
     (version / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     publish(index_dir, version)
     return manifest
+
+
+def carry_runtimes(index_dir: Path, version: Path, manifest: dict[str, Any]) -> None:
+    """Hard-link the compiled query towers (``makevl export``) of the current version into
+    ``version``: they depend on the model only, which an update keeps."""
+    for entry in manifest.get("runtimes", {}).values():
+        target = version / entry["file"]
+        if not target.exists():
+            os.link(index_dir.resolve() / entry["file"], target)
 
 
 def read_manifest(index_dir: str | Path) -> dict[str, Any]:

@@ -99,7 +99,8 @@ class MakeEncoder:
         """Query vectors [N, d] float32, L2-normalized."""
         model = self.model
         was_training = model.training
-        model.eval()
+        if was_training:  # switching modes walks every module: not on each served query
+            model.eval()
         try:
             out = [np.zeros((0, model.embed_dim), dtype=np.float32)]
             for start in range(0, len(texts), batch_size):
@@ -108,7 +109,8 @@ class MakeEncoder:
                 out.append(q.float().cpu().numpy())
             return np.concatenate(out)
         finally:
-            model.train(was_training)
+            if was_training:
+                model.train()
 
     @torch.no_grad()
     def query_keywords(self, texts: list[str], top: int = 5) -> list[list[tuple[str, float]]]:

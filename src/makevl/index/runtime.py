@@ -1,0 +1,340 @@
+"""Compiled query towers: the query side run by ONNX Runtime, checked against torch.
+
+``makevl export INDEX`` writes the query side of the index's model as ONNX
+(fp32, and int8 with ``--quantize int8``) into a new version of the index. A
+runtime is written only if it passes the parity gate against torch on a query
+set: the cosine of every query vector, and how much of the top-10 over the
+index itself stays the same. The manifest's ``runtimes`` entry records each
+file, its SHA-256 and the parity figures; :func:`load_query_encoder` refuses a
+file whose checksum differs, and the :class:`~makevl.index.search.Searcher`
+serves the fastest runtime recorded, torch when none is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from makevl.files import file_sha256
+from makevl.index.errors import IndexFileError, IndexStoreError
+from makevl.index.store import MANIFEST, load_stored, new_version, publish, writer_lock
+
+log = logging.getLogger(__name__)
+
+# Runtime name -> file in the index version; fastest first.
+RUNTIME_FILES = {"onnx-int8": "query_tower.int8.onnx", "onnx-fp32": "query_tower.onnx"}
+TORCH = "torch"
+RUNTIMES = (*RUNTIME_FILES, TORCH)
+
+
+@dataclass(frozen=True)
+class ParityGate:
+    min_cosine: float  # every query vector, ONNX vs torch
+    min_overlap: float  # mean share of the torch top-10 that the runtime also returns
+
+
+PARITY_GATES = {"onnx-fp32": ParityGate(0.999, 0.99), "onnx-int8": ParityGate(0.98, 0.95)}
+
+
+@dataclass(frozen=True)
+class Parity:
+    queries: int
+    min_cosine: float
+    mean_cosine: float
+    overlap: float  # mean top-k overlap
+
+    def passes(self, gate: ParityGate) -> bool:
+        return self.min_cosine >= gate.min_cosine and self.overlap >= gate.min_overlap
+
+    def __str__(self) -> str:
+        return (
+            f"{self.queries} queries: cosine min {self.min_cosine:.4f} "
+            f"(mean {self.mean_cosine:.4f}), top-10 overlap {self.overlap:.3f}"
+        )
+
+
+class ParityError(IndexStoreError):
+    """A compiled runtime gives other results than torch; it was not written."""
+
+
+def measure_parity(reference: np.ndarray, candidate: np.ndarray, search, k: int = 10) -> Parity:
+    """Compare query vectors of torch (``reference``) and a runtime (``candidate``).
+
+    ``search(vectors, k) -> (scores, ids)`` is the index searched with both.
+    """
+    cosine = np.sum(reference * candidate, axis=1) / (
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+    )
+    _, expected = search(np.ascontiguousarray(reference, dtype=np.float32), k)
+    _, found = search(np.ascontiguousarray(candidate, dtype=np.float32), k)
+    overlaps = [
+        len(set(e[e >= 0]) & set(f[f >= 0])) / max(1, int((e >= 0).sum()))
+        for e, f in zip(expected, found)
+    ]
+    return Parity(
+        len(reference), float(cosine.min()), float(cosine.mean()), float(np.mean(overlaps))
+    )
+
+
+class QueryTokenizer:
+    """The query tower's fast tokenizer called directly: numpy out, no per-call setup.
+
+    Gives the same ids as the Hugging Face call in :mod:`makevl.models.inference`
+    (truncate to ``max_tokens``, pad to the longest in the batch).
+    """
+
+    def __init__(self, hf_tokenizer, max_tokens: int) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+        self.tokenizer.enable_truncation(max_tokens)
+        self.tokenizer.enable_padding(
+            pad_id=hf_tokenizer.pad_token_id, pad_token=hf_tokenizer.pad_token
+        )
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        encodings = self.tokenizer.encode_batch(texts)
+        return {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        }
+
+
+class OnnxQueryEncoder:
+    """A query tower exported by :mod:`makevl.models.export`, run by ONNX Runtime.
+
+    ``threads`` is ONNX Runtime's intra-op thread count (1: one query per
+    request on a shared CPU, as the server runs).
+    """
+
+    def __init__(self, path: str | Path, tokenizer: QueryTokenizer, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.tokenizer = tokenizer
+
+    def encode_queries(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """Query vectors [N, d] float32, unit norm."""
+        out = []
+        for start in range(0, len(texts), batch_size):
+            inputs = self.tokenizer(list(texts[start : start + batch_size]))
+            out.append(self.session.run(None, inputs)[0])
+        if not out:
+            raise ValueError("encode_queries needs at least one text")
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+
+def onnx_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_query_encoder(
+    index_path: Path,
+    manifest: dict[str, Any],
+    torch_encoder,
+    runtime: str | None = None,
+    threads: int = 1,
+):
+    """The query encoder to search with: ``(encoder, runtime name)``.
+
+    ``runtime=None`` picks the fastest runtime the manifest records (torch when
+    none is, or when onnxruntime is not installed); a named one must be recorded.
+    A runtime file whose SHA-256 differs from the manifest's is refused.
+    """
+    if runtime is not None and runtime not in RUNTIMES:
+        raise ValueError(f"unknown query runtime {runtime!r}; expected one of {RUNTIMES}")
+    recorded = manifest.get("runtimes", {})
+    if runtime is None:
+        usable = [name for name in RUNTIME_FILES if name in recorded]
+        if usable and not onnx_available():
+            log.warning("%s: onnxruntime is not installed; queries run in torch", index_path)
+            usable = []
+        runtime = usable[0] if usable else TORCH
+    if runtime == TORCH:
+        return torch_encoder, TORCH
+    if runtime not in recorded:
+        raise IndexFileError(
+            f"{index_path}: no {runtime} query runtime in {MANIFEST}; "
+            f"run `makevl export {index_path}` first"
+        )
+    entry = recorded[runtime]
+    path = index_path / entry["file"]
+    if not path.is_file():
+        raise IndexFileError(f"{path}: missing (listed in {MANIFEST}); run `makevl export` again")
+    actual = file_sha256(path)
+    if actual != entry["sha256"]:
+        raise IndexFileError(
+            f"{path}: checksum mismatch (expected sha256 {entry['sha256'][:16]}..., got "
+            f"{actual[:16]}...); refusing to run this query runtime, run `makevl export` again"
+        )
+    model = getattr(torch_encoder, "model", None)
+    if model is None:
+        raise IndexStoreError(
+            f"{index_path}: the {runtime} runtime needs the MAKE model's tokenizer; the "
+            f"encoder given ({type(torch_encoder).__name__}) has none"
+        )
+    tokenizer = QueryTokenizer(model.query_encoder.tokenizer, model.max_query_tokens)
+    return OnnxQueryEncoder(path, tokenizer, threads), runtime
+
+
+# ------------------------------------------------------------------------ export
+
+
+@dataclass
+class ExportReport:
+    index_dir: Path
+    written: dict[str, dict[str, Any]]  # runtime -> manifest entry
+    refused: dict[str, str]  # runtime -> why
+
+    def summary(self) -> str:
+        lines = [f"{self.index_dir}:"]
+        for name, entry in self.written.items():
+            lines.append(f"  {name}: {entry['file']} written; parity {Parity(**entry['parity'])}")
+        for name, why in self.refused.items():
+            lines.append(f"  {name}: refused; {why}")
+        return "\n".join(lines)
+
+
+def parity_queries(stored_table, limit: int = 256) -> list[str]:
+    """Default parity queries: up to ``limit`` product titles of the index, evenly spread."""
+    titles = stored_table.column("title").to_pylist()
+    step = max(1, len(titles) // limit)
+    return [t for t in titles[::step][:limit] if t and t.strip()]
+
+
+def export_runtimes(
+    index_dir: str | Path,
+    quantize: str | None = None,
+    queries: list[str] | None = None,
+) -> ExportReport:
+    """Compile the index model's query side to ONNX and publish it as a new index version.
+
+    fp32 always; int8 too with ``quantize="int8"``, trying the whole graph
+    first and then with more layers kept in float until it passes the gate.
+    A runtime that fails its gate is not written (the report says why).
+    ``queries`` is the parity query set (default: the index's product titles).
+    """
+    from makevl.index.encoders import encoder_from_manifest
+    from makevl.models.export import export_query_tower
+
+    if quantize not in (None, "int8"):
+        raise ValueError(f"unknown quantization {quantize!r}; expected int8")
+    index_dir = Path(index_dir)
+    with writer_lock(index_dir):
+        stored = load_stored(index_dir, mmap=True)
+        manifest = stored.manifest
+        if manifest["encoder"].get("type") != "checkpoint":
+            raise IndexStoreError(
+                f"{index_dir}: built with the {manifest['encoder'].get('type')!r} encoder; only "
+                "an index built from a MAKE checkpoint has a query tower to export"
+            )
+        encoder, _hash = encoder_from_manifest(manifest, stored.path)
+        queries = queries or parity_queries(stored.table)
+        if not queries:
+            raise IndexStoreError(f"{index_dir}: no parity queries (the index has no titles)")
+        reference = encoder.encode_queries(queries)
+        model = encoder.model
+        tokenizer = QueryTokenizer(model.query_encoder.tokenizer, model.max_query_tokens)
+
+        version = new_version(index_dir)
+        try:
+            written, refused = {}, {}
+
+            def check(path: Path) -> Parity:
+                onnx = OnnxQueryEncoder(path, tokenizer, threads=os.cpu_count() or 1)
+                return measure_parity(
+                    reference, onnx.encode_queries(queries), stored.backend.search
+                )
+
+            fp32 = version / RUNTIME_FILES["onnx-fp32"]
+            export_query_tower(model, fp32)
+            parity = check(fp32)
+            if not parity.passes(PARITY_GATES["onnx-fp32"]):
+                raise ParityError(
+                    f"{index_dir}: the ONNX fp32 query tower differs from torch ({parity}; "
+                    f"needs {PARITY_GATES['onnx-fp32']}); nothing written"
+                )
+            written["onnx-fp32"] = runtime_entry(fp32, parity)
+            if quantize == "int8":
+                int8 = version / RUNTIME_FILES["onnx-int8"]
+                outcome = quantize_within_gate(fp32, int8, check)
+                if isinstance(outcome, Parity):
+                    written["onnx-int8"] = runtime_entry(int8, outcome)
+                else:
+                    refused["onnx-int8"] = outcome
+            _publish_with_runtimes(index_dir, stored.path, version, manifest, written)
+        except BaseException:
+            shutil.rmtree(version, ignore_errors=True)
+            raise
+    return ExportReport(index_dir, written, refused)
+
+
+def quantize_within_gate(fp32: Path, int8: Path, check) -> Parity | str:
+    """Quantize, keeping more layers in float at each try, until parity holds.
+
+    Tries: every weight layer in int8; the feed-forward output layers in float;
+    the whole feed-forward blocks in float. Returns the passing parity, or why
+    none passed (the int8 file is then removed).
+    """
+    from makevl.models.export import feed_forward_nodes, matmul_nodes, quantize_int8
+
+    nodes = matmul_nodes(fp32)
+    ffn_out, ffn_in = feed_forward_nodes(nodes)
+    gate = PARITY_GATES["onnx-int8"]
+    tried = []
+    for keep_fp32 in ([], ffn_out, ffn_out + ffn_in):
+        quantize_int8(fp32, int8, keep_fp32)
+        parity = check(int8)
+        tried.append(f"{len(keep_fp32)} of {len(nodes)} weight layers in fp32: {parity}")
+        if parity.passes(gate):
+            log.info("int8 query tower: %s", tried[-1])
+            return parity
+    int8.unlink(missing_ok=True)
+    return f"no int8 variant passes {gate}: " + "; ".join(tried)
+
+
+def runtime_entry(path: Path, parity: Parity) -> dict[str, Any]:
+    return {
+        "file": path.name,
+        "sha256": file_sha256(path),
+        "bytes": path.stat().st_size,
+        "parity": asdict(parity),
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _publish_with_runtimes(
+    index_dir: Path,
+    current: Path,
+    version: Path,
+    manifest: dict[str, Any],
+    runtimes: dict[str, dict[str, Any]],
+) -> None:
+    """The current version's files (hard links: nothing is copied) plus the runtimes."""
+    skip = {MANIFEST, *(entry["file"] for entry in manifest.get("runtimes", {}).values())}
+    for path in current.rglob("*"):
+        target = version / path.relative_to(current)
+        if path.is_dir():
+            target.mkdir(exist_ok=True)
+        elif path.name not in skip and not target.exists():
+            os.link(path, target)
+    manifest = {**manifest, "runtimes": runtimes}
+    (version / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    publish(index_dir, version)

@@ -1,0 +1,124 @@
+"""The query side of a :class:`MakeModel` as one ONNX graph: token ids in, unit query out.
+
+Everything between the tokenizer and the vector searched with is in the graph:
+the query text tower, its masked-mean pooling, the projection and the keyword
+memory (Keyword Enhancement). Constant folding normalises the keyword table
+once, at export, instead of once per query.
+
+:func:`quantize_int8` makes the int8 variant (onnxruntime dynamic quantization,
+per-channel weights). Whether a file may be served is decided by the parity
+check in :mod:`makevl.index.runtime`, never here.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from makevl.models.make import MakeModel
+
+QUERY_INPUTS = ("input_ids", "attention_mask")  # int64 [batch, tokens]
+QUERY_OUTPUT = "query"  # float32 [batch, embed_dim], unit norm
+OPSET = 17
+
+
+class QueryTower(nn.Module):
+    """``MakeModel.encode_query`` as a module of its own, so only the query side is exported."""
+
+    def __init__(self, model: MakeModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_query(input_ids, attention_mask)
+
+
+def export_query_tower(model: MakeModel, path: str | Path) -> Path:
+    """Write the query side of ``model`` (in eval mode) to ``path`` as ONNX, fp32.
+
+    Batch size and token count are dynamic, so one file serves one query or many.
+    """
+    path = Path(path)
+    tokenizer = model.query_encoder.tokenizer
+    example = tokenizer(
+        ["a query to trace", "two"],
+        padding=True,
+        return_tensors="pt",
+        truncation=True,
+        max_length=model.max_query_tokens,
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript tracer warns about Python conditions on shapes in the
+            # Hugging Face attention code; they do not depend on batch or length.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                QueryTower(model),
+                (example["input_ids"], example["attention_mask"]),
+                str(path),
+                dynamo=False,
+                input_names=list(QUERY_INPUTS),
+                output_names=[QUERY_OUTPUT],
+                opset_version=OPSET,
+                dynamic_axes={
+                    "input_ids": {0: "batch", 1: "tokens"},
+                    "attention_mask": {0: "batch", 1: "tokens"},
+                    QUERY_OUTPUT: {0: "batch"},
+                },
+            )
+    finally:
+        model.train(was_training)
+    return path
+
+
+def quantize_int8(source: str | Path, target: str | Path, keep_fp32: Sequence[str] = ()) -> Path:
+    """Dynamic int8 quantization of the MatMul/Gemm weights, one scale per output channel.
+
+    ``keep_fp32`` names graph nodes left in float (the layers parity is most
+    sensitive to). Activations are quantized per batch at run time.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)  # the quantizer logs every node to the root logger
+    try:
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            nodes_to_exclude=list(keep_fp32),
+        )
+    finally:
+        logging.disable(previous)
+    return Path(target)
+
+
+def matmul_nodes(path: str | Path) -> list[str]:
+    """Names of the MatMul/Gemm nodes with a weight (what int8 quantizes), in graph order."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type in ("MatMul", "Gemm") and any(i in weights for i in node.input)
+    ]
+
+
+def feed_forward_nodes(nodes: list[str]) -> tuple[list[str], list[str]]:
+    """``(output, input)`` dense layers of the transformer feed-forward blocks (BERT names).
+
+    Their activations have the widest range, so int8 hurts them most.
+    """
+    output = [n for n in nodes if "/output/dense" in n and "attention" not in n]
+    return output, [n for n in nodes if "/intermediate/dense" in n]
