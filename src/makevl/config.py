@@ -51,6 +51,7 @@ class DataConfig(_Section):
     max_title_chars: int = Field(512, gt=0)  # longer titles are reported / truncated
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)  # fail a run above this share
     sparse_titles: bool = False  # strip colour words from titles (harder condition)
+    unseen_phrasing: bool = False  # test queries worded as training never saw (fashion-mini)
     image_size: int = Field(224, gt=0)
     max_query_tokens: int = Field(16, gt=0)
     max_title_tokens: int = Field(48, gt=0)
