@@ -7,11 +7,10 @@ import pytest
 from makevl.config import DataConfig
 from makevl.data.fashion_mini import SURFACE_FORMS, TEMPLATES, surface_forms, surface_lookup
 from makevl.data.shop import fashion_mini_dir, load_shop
-from makevl.data.text import words
+from makevl.data.text import add_typo, words
 from makevl.data.unseen_phrasing import (
     HELD_OUT_FORMS,
     TEST_ONLY_ORDERS,
-    add_typo,
     all_forms,
     held_out_word_sequences,
     seen_forms,

@@ -35,7 +35,7 @@ from makevl.data.fashion_mini import (
     surface_lookup,
     write_query,
 )
-from makevl.data.text import words
+from makevl.data.text import add_typo, words
 
 HELD_OUT_FORMS: dict[str, dict[str, list[str]]] = {
     "gender": {"women": ["ladies"]},
@@ -75,7 +75,6 @@ TEST_ONLY_ORDERS: list[tuple[str, ...]] = [
 ]
 REORDER_RATE = 0.5
 TYPO_RATE = 0.5
-TYPO_MIN_LETTERS = 4  # shorter words ("tee", "men") are left alone
 
 
 def seen_forms(attribute: str, value: str) -> list[str]:
@@ -99,29 +98,6 @@ def held_out_word_sequences() -> set[tuple[str, ...]]:
     """Every held-out and test-only form as a word sequence (what the disjointness check looks for)."""
     tables = (HELD_OUT_FORMS, TEST_ONLY_FORMS)
     return {tuple(words(f)) for t in tables for v in t.values() for fs in v.values() for f in fs}
-
-
-def add_typo(text: str, rng: random.Random, known_words: set[str]) -> str:
-    """``text`` with one letter dropped, doubled or swapped in one long word.
-
-    The misspelt word is never a known word ("tees" -> "tee" is not a typo);
-    ``text`` comes back unchanged when no word can be misspelt.
-    """
-    tokens = text.split()
-    candidates = [i for i, t in enumerate(tokens) if t.isalpha() and len(t) >= TYPO_MIN_LETTERS]
-    rng.shuffle(candidates)
-    for i in candidates:
-        word = tokens[i]
-        at = rng.randrange(1, len(word) - 1)  # keep the first and last letter
-        edits = [
-            word[:at] + word[at + 1 :],  # dropped
-            word[:at] + word[at] + word[at:],  # doubled
-            word[:at] + word[at + 1] + word[at] + word[at + 2 :],  # swapped with the next
-        ]
-        for typo in rng.sample(edits, len(edits)):
-            if typo != word and typo not in known_words:
-                return " ".join(tokens[:i] + [typo] + tokens[i + 1 :])
-    return text
 
 
 def _seen_wording(query: FashionQuery, seed: int, lookup) -> str | None:
