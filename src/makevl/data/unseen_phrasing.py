@@ -117,11 +117,15 @@ def _unseen_wording(query: FashionQuery, seed: int, lookup, known_words: set[str
     typo = rng.random() < TYPO_RATE
     if not (has_new_form or reorder or typo):
         reorder = True  # every test query differs from training in at least one way
-    orders = TEST_ONLY_ORDERS[query.template] if reorder else None
-    text = write_query(query.template, query.named, rng, forms=forms, patterns=orders)
-    if explain_query(text, lookup) != query.attributes:
-        return None  # ambiguous wording: judged wrongly, so not used
-    return add_typo(text, rng, known_words) if typo else text
+    while True:
+        orders = TEST_ONLY_ORDERS[query.template] if reorder else None
+        text = write_query(query.template, query.named, rng, forms=forms, patterns=orders)
+        if explain_query(text, lookup) != query.attributes:
+            return None  # ambiguous wording: judged wrongly, so not used
+        misspelt = add_typo(text, rng, known_words) if typo else text
+        if has_new_form or reorder or misspelt != text:
+            return misspelt
+        reorder = True  # the typo found no word long enough: reorder instead
 
 
 def build_unseen_phrasing_queries(
