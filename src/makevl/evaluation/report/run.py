@@ -81,8 +81,8 @@ def run_report(
     base = preset_config(preset, config, overrides or [])
     if minutes_per_model is not None:
         base.train.max_minutes = minutes_per_model
-    (out_dir / "per_query").mkdir(parents=True, exist_ok=True)
     shop = load_shop(base.data)
+    (out_dir / "per_query").mkdir(parents=True, exist_ok=True)  # only once the data loads
     query_set = shop.query_set("test")
     category = shop.category_attribute
     evaluator = RetrievalEvaluator(query_set, category_attribute=category, bootstrap=bootstrap,
