@@ -51,7 +51,7 @@ def test_unseen_phrasing_on_a_preset_without_it_exits_2(tmp_path: Path, capsys, 
 
 
 def test_report_conditions_name_the_output_folder(monkeypatch, capsys):
-    import makevl.evaluation.report as report
+    from makevl.evaluation import report
 
     calls = []
 
