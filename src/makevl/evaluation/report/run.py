@@ -42,7 +42,7 @@ def condition_name(data: DataConfig) -> str:
     """The report's condition in words, e.g. "sparse titles (colour words removed), unseen phrasing"."""
     parts = ["sparse titles (colour words removed)" if data.sparse_titles else "full titles"]
     if data.unseen_phrasing:
-        parts.append("unseen phrasing (test-only synonyms, word orders, typos)")
+        parts.append("unseen phrasing")
     return ", ".join(parts)
 
 
