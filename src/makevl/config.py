@@ -51,6 +51,7 @@ class DataConfig(_Section):
     max_title_chars: int = Field(512, gt=0)  # longer titles are reported / truncated
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)  # fail a run above this share
     sparse_titles: bool = False  # strip colour words from titles (harder condition)
+    unseen_phrasing: bool = False  # test queries worded as training never saw (fashion-mini)
     image_size: int = Field(224, gt=0)
     max_query_tokens: int = Field(16, gt=0)
     max_title_tokens: int = Field(48, gt=0)
@@ -66,6 +67,9 @@ class ModelConfig(_Section):
     shared_query_title_encoder: bool = False  # ablation: one text encoder for both
     image_backbone: str = "tiny"  # "tiny", "efficientnet_lite0" or any timm model name
     image_weights: str | None = None  # local weight file for a timm image backbone
+    # Also pool the image tower's last N stages before the final map into the image
+    # vector (colour and texture live early); 0: the final map only.
+    image_pooled_stages: int = Field(0, ge=0)
     embed_dim: int = Field(256, gt=0)
     fusion_layers: int = Field(2, ge=1)
     fusion_heads: int = Field(4, ge=1)
@@ -86,6 +90,8 @@ class LossConfig(_Section):
     query_image: float = 0.25
     keyword_query: float = 0.5
     keyword_prediction: float = 0.2
+    # Off by default: keep the query tower's query-query similarities as pretrained.
+    query_distillation: float = 0.0
 
 
 class TrainConfig(_Section):
@@ -98,12 +104,19 @@ class TrainConfig(_Section):
     grad_accum_steps: int = Field(1, ge=1)
     lr: float = Field(3e-4, gt=0.0)
     backbone_lr: float | None = None  # lower LR for pretrained towers; None: same as lr
+    query_backbone_lr: float | None = Field(None, gt=0.0)  # the query tower's; None: backbone_lr
+    # Layer-wise LR decay in the text towers (1: off); see training/learning_rates.py.
+    layer_lr_decay: float = Field(1.0, gt=0.0, le=1.0)
     weight_decay: float = Field(0.05, ge=0.0)
     warmup_steps: int = Field(20, ge=0)
     grad_clip: float | None = 1.0
     bf16: bool = False
     cache_frozen_features: bool = True  # cache a frozen tower's outputs on disk
     memory_bank_size: int = Field(0, ge=0)  # extra negatives from recent product vectors
+    # Query augmentation (training/augment.py): chance per training query of each change.
+    augment_typo: float = Field(0.0, ge=0.0, le=1.0)
+    augment_drop_word: float = Field(0.0, ge=0.0, le=1.0)
+    augment_reorder: float = Field(0.0, ge=0.0, le=1.0)
     eval_every: int = Field(0, ge=0)  # steps between validation runs; 0: at epoch end
     # steps between checkpoints of out_dir/last (besides those at validation); 0: only
     # there. Bounds what a crash (kill -9, power loss) costs.

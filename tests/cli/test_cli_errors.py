@@ -39,3 +39,28 @@ def test_demo_with_an_unknown_config_exits_2_before_training(tmp_path: Path, cap
     assert code == 2
     assert "demo-tiny" in capsys.readouterr().err  # the message lists the bundled configs
     assert not (tmp_path / "demo").exists()  # it failed before writing anything
+
+
+def test_unseen_phrasing_on_a_preset_without_it_exits_2(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--preset", "demo", "--unseen-phrasing"]) == 2
+    assert "no unseen-phrasing condition" in capsys.readouterr().err
+    assert main(["eval", "--preset", "demo", "--unseen-phrasing"]) == 2
+    assert "no unseen-phrasing condition" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()
+
+
+def test_report_conditions_name_the_output_folder(monkeypatch, capsys):
+    from makevl.evaluation import report
+
+    calls = []
+
+    def fake_run_report(preset, out, overrides, **_):
+        calls.append((out, overrides))
+        return {"seconds": 0.0, "claims": []}
+
+    monkeypatch.setattr(report, "run_report", fake_run_report)
+    assert main(["report", "--preset", "fashion-mini", "--sparse-titles", "--unseen-phrasing",
+                 "train.lr=1e-4"]) == 0
+    assert calls == [("reports/fashion-mini-sparse-titles-unseen-phrasing",
+                      ["train.lr=1e-4", "data.sparse_titles=true", "data.unseen_phrasing=true"])]

@@ -216,8 +216,10 @@ def test_eval_config_precedence(tmp_path):
         config=str(config_file),
         sparse_titles=True,
         overrides=["data.val_fraction=0.2"],
+        unseen_phrasing=True,
     )
     assert cfg.data.split_seed == 5  # the checkpoint's split survives
     assert cfg.data.preset == "fashion-mini"  # the file overrides the checkpoint
     assert cfg.data.sparse_titles is True
+    assert cfg.data.unseen_phrasing is True
     assert cfg.data.val_fraction == 0.2  # dotted overrides win last

@@ -66,13 +66,54 @@ def test_sparse_title_claim_compares_losses():
     sparse = _figures(0.75, 0.4)
     sparse["results"]["text-bi-encoder"] = _figures(0.5, 0)["results"]["make"]
     sparse["groups"]["text-bi-encoder"] = "baseline"
-    from makevl.evaluation.report import title_drop
+    from makevl.evaluation.report import metric_drop
 
-    sparse["drop_vs_full_titles"] = title_drop(full, sparse)
+    sparse["drop_vs_full_titles"] = metric_drop(full, sparse)
     assert sparse["drop_vs_full_titles"]["make"]["ndcg@10"] == pytest.approx(0.05)
     claims = {c["claim"]: c["holds"] for c in check_claims(sparse)}
     assert claims["with sparse titles MAKE loses less ndcg@10 than every text-only system"]
     sparse["results"]["make"]["metrics"]["ndcg@10"] = 0.4  # now MAKE loses 0.4, more than both
-    sparse["drop_vs_full_titles"] = title_drop(full, sparse)
+    sparse["drop_vs_full_titles"] = metric_drop(full, sparse)
     claims = {c["claim"]: c["holds"] for c in check_claims(sparse)}
     assert not claims["with sparse titles MAKE loses less ndcg@10 than every text-only system"]
+
+
+def test_unseen_phrasing_report_is_compared_with_its_seen_phrasing_sibling(tmp_path: Path):
+    from makevl.evaluation.report import write_report
+
+    def figures(make: float, minilm: float, sparse: bool, unseen: bool) -> dict:
+        out = _figures(make, 0.1)
+        out["results"]["minilm-zero-shot"] = _figures(minilm, 0)["results"]["make"]
+        out["groups"]["minilm-zero-shot"] = "baseline"
+        out.update(preset="fashion-mini", command="pytest", machine="test", seconds=1.0,
+                   condition="test", test_queries=1, test_products=1, training={},
+                   config={"data": {"sparse_titles": sparse, "unseen_phrasing": unseen}})
+        for result in out["results"].values():  # the other columns report.md shows
+            value = result["metrics"]["ndcg@10"]
+            result["metrics"].update({m: value for m in ("recall@1", "recall@50", "mrr@10",
+                                                         "map@100")})
+        return out
+
+    for folder, make in (("fashion-mini", 0.9), ("fashion-mini-sparse-titles", 0.6)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "report.json").write_text(
+            json.dumps(figures(make, 0.5, "sparse" in folder, False)))
+
+    out = tmp_path / "fashion-mini-unseen-phrasing"
+    out.mkdir()
+    written = write_report(out, figures(0.85, 0.6, sparse=False, unseen=True))
+    assert written["drop_vs_seen_phrasing"]["make"]["ndcg@10"] == pytest.approx(0.05)
+    assert "drop_vs_full_titles" not in written
+    claims = {c["claim"]: c["holds"] for c in written["claims"]}
+    assert claims["with unseen phrasing MAKE loses at most 0.10 NDCG@10 against seen phrasing"]
+    assert claims["with unseen phrasing MAKE beats zero-shot MiniLM by at least 0.15 NDCG@10"]
+    assert "## Lost against seen phrasing" in (out / "report.md").read_text()
+
+    both = tmp_path / "fashion-mini-sparse-titles-unseen-phrasing"
+    both.mkdir()
+    written = write_report(both, figures(0.4, 0.3, sparse=True, unseen=True))
+    assert written["seen_phrasing_report"].endswith("fashion-mini-sparse-titles/report.json")
+    assert written["drop_vs_seen_phrasing"]["make"]["ndcg@10"] == pytest.approx(0.2)
+    claims = {c["claim"]: c["holds"] for c in written["claims"]}
+    assert not claims["with unseen phrasing MAKE loses at most 0.10 NDCG@10 against seen phrasing"]
+    assert not claims["with unseen phrasing MAKE beats zero-shot MiniLM by at least 0.15 NDCG@10"]

@@ -195,3 +195,74 @@ def test_efficientnet_lite0_weights_load_in_order_and_classify_real_photos():
     assert hits >= 9, [info.index_to_description(i) for i in top1]
     # (c) far from uniform (1/1000): confident predictions.
     assert probs.max(-1).values.mean() > 0.3
+
+
+@pytest.mark.parametrize("name", ["tiny", "test_efficientnet"])
+def test_pooled_stages_widen_the_pooled_vector_and_keep_the_tokens(name):
+    torch.manual_seed(0)
+    tower = create_image_tower(name).eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens, pooled = tower(pixels)
+        wide_tokens, wide = tower.pool_stages(2)(pixels)
+    torch.testing.assert_close(wide_tokens, tokens)  # the fusion encoder sees the same tokens
+    assert tower.pooled_features == tower.num_features + sum(tower.stage_channels[-2:])
+    assert wide.shape == (2, tower.pooled_features)
+    torch.testing.assert_close(wide[:, : tower.num_features], pooled)
+    with pytest.raises(BackboneError, match="stages"):
+        tower.pool_stages(len(tower.stage_channels) + 1)
+
+
+def _colour_swatches(variants: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Garment-like patches of 8 colours on white, each with its own shape and texture."""
+    colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.2, 0.9], [0.1, 0.7, 0.2], [0.95, 0.95, 0.95],
+                            [0.05, 0.05, 0.05], [0.9, 0.8, 0.1], [0.6, 0.1, 0.6], [0.5, 0.5, 0.5]])
+    generator = torch.Generator().manual_seed(seed)
+    images, labels = [], []
+    for label, rgb in enumerate(colours):
+        for _ in range(variants):
+            image = torch.ones(3, 64, 64)
+            x, y = torch.randint(2, 26, (2,), generator=generator).tolist()
+            w, h = torch.randint(20, 38, (2,), generator=generator).tolist()
+            texture = 0.2 * torch.randn(1, h, w, generator=generator)
+            image[:, y : y + h, x : x + w] = (rgb[:, None, None] + texture).clamp(0, 1)
+            images.append(image)
+            labels.append(label)
+    return torch.stack(images), torch.tensor(labels)
+
+
+def _colour_probe_accuracy(stages: int) -> float:
+    """A ridge-regression probe on the pooled vector, fit on some swatches, scored on others."""
+    torch.manual_seed(0)
+    tower = create_image_tower("tiny").pool_stages(stages).eval()
+    (train_x, train_y), (test_x, test_y) = _colour_swatches(6, seed=1), _colour_swatches(4, seed=2)
+    with torch.no_grad():
+        train, test = tower(train_x)[1], tower(test_x)[1]
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    train, test = ((torch.cat([(v - mean) / std, torch.ones(len(v), 1)], 1)) for v in (train, test))
+    targets = F.one_hot(train_y, 8).float()
+    weights = torch.linalg.solve(train.t() @ train + torch.eye(train.shape[1]), train.t() @ targets)
+    return (test @ weights).argmax(1).eq(test_y).float().mean().item()
+
+
+def test_early_stages_make_colour_easier_to_read_from_the_image_vector():
+    final_only, with_stages = _colour_probe_accuracy(0), _colour_probe_accuracy(2)
+    assert with_stages > final_only + 0.2, (final_only, with_stages)
+
+
+def test_make_model_with_pooled_stages_reads_cached_tower_outputs():
+    from makevl.config import ModelConfig
+    from makevl.models.make import MakeModel
+
+    torch.manual_seed(0)
+    model = MakeModel(ModelConfig(embed_dim=32, fusion_layers=1, fusion_heads=2,
+                                  image_pooled_stages=2), image_size=32).eval()
+    assert model.image_proj.in_features == model.image_encoder.pooled_features
+    ids = torch.randint(0, 100, (2, 5))
+    mask = torch.ones_like(ids)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        direct = model.encode_product(ids, mask, pixel_values=pixels)
+        tokens, pooled = model.image_encoder(pixels)  # what the frozen-tower cache stores
+        cached = model.encode_product(ids, mask, image_tokens=tokens, image_pooled=pooled)
+    torch.testing.assert_close(cached["product"], direct["product"])

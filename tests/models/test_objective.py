@@ -136,3 +136,34 @@ def test_memory_bank_adds_negatives():
     trained(batch)["loss"].backward()
     assert len(trained.memory_bank) == 6
     assert not any(k.startswith("memory_bank") for k in trained.model.state_dict())
+
+
+def _query_geometry_gap(model, teacher) -> float:
+    """The distillation term's value for ``model``'s queries: how far its geometry is from the teacher's."""
+    from makevl.models.objective import LossInputs, query_distillation
+
+    with torch.no_grad():
+        inputs = LossInputs(model, make_batch(model), state={"query_distillation": teacher})
+        return query_distillation(inputs).item()
+
+
+def test_distillation_keeps_the_query_geometry_of_the_pretrained_tower():
+    runs = {}
+    for weight in (0.0, 1.0):
+        model = tiny_model(seed=2).train()
+        objective = MakeObjective(model, ONLY_QUERY_PRODUCT.model_copy(
+            update={"query_distillation": weight}))
+        assert ("query_distillation" in objective.term_state) == bool(weight)
+        batch = make_batch(model, seed=2)
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(12):
+            out = objective(batch)
+            optimizer.zero_grad()
+            out["loss"].backward()
+            optimizer.step()
+        runs[weight] = (model.eval(), objective)
+    teacher = runs[1.0][1].term_state["query_distillation"]
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert not teacher.tower.training  # never switched to train mode with the objective
+    without, with_term = (_query_geometry_gap(runs[w][0], teacher) for w in (0.0, 1.0))
+    assert with_term < 0.5 * without, (with_term, without)

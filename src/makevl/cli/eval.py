@@ -28,6 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="strip colour words from titles (only the photo shows the colour)",
     )
     p.add_argument(
+        "--unseen-phrasing",
+        action="store_true",
+        help="test queries use synonyms, word orders and typos training never saw (fashion-mini)",
+    )
+    p.add_argument(
         "--category-attribute",
         help="product attribute for the per-category table (default: the preset's); 'none' to skip",
     )
@@ -53,6 +58,7 @@ def eval_command(args: argparse.Namespace) -> int:
             config=args.config,
             preset=args.preset,
             sparse_titles=args.sparse_titles,
+            unseen_phrasing=args.unseen_phrasing,
             overrides=args.overrides,
             split=args.split,
             category_attribute=args.category_attribute,

@@ -15,11 +15,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="data preset; its bundled config is the base config")
     p.add_argument("--refresh", metavar="DIR",
                    help="re-judge and re-render a finished report (no training)")
-    p.add_argument("--out", help="output folder (default reports/<preset>[-sparse-titles])")
+    p.add_argument("--out", help="output folder (default "
+                   "reports/<preset>[-sparse-titles][-unseen-phrasing])")
     p.add_argument("--config", help="base run config, a file or a bundled name "
                    "(default: the preset's)")
     p.add_argument("--sparse-titles", action="store_true",
                    help="strip colour words from every title (train and test)")
+    p.add_argument("--unseen-phrasing", action="store_true",
+                   help="test queries use synonyms, word orders and typos training never saw")
     p.add_argument("--minutes-per-model", type=float, default=None,
                    help="training budget of each trained system")
     p.add_argument("--systems", type=lambda text: [s for s in text.split(",") if s],
@@ -46,6 +49,9 @@ def report_command(args: argparse.Namespace) -> int:
     if args.sparse_titles:
         overrides.append("data.sparse_titles=true")
         suffix = "-sparse-titles"
+    if args.unseen_phrasing:
+        overrides.append("data.unseen_phrasing=true")
+        suffix += "-unseen-phrasing"
     out = args.out or f"reports/{args.preset}{suffix}"
     try:
         figures = run_report(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +125,11 @@ class FashionQuery:
     text: str
     attributes: dict[str, str]  # attribute column -> normalized value
     relevant: list[str]  # product ids matching every named attribute
+    template: int  # index into TEMPLATES
+    named: tuple[tuple[str, str], ...]  # (attribute, value) per slot of the template
+
+
+FormsOf = Callable[[str, str], list[str]]  # (attribute, normalized value) -> surface forms
 
 
 def surface_forms(attribute: str, value: str) -> list[str]:
@@ -136,8 +142,10 @@ def normalized_attributes(product: Product) -> dict[str, str]:
     }
 
 
-def surface_lookup(products: list[Product]) -> dict[tuple[str, ...], tuple[str, str] | None]:
-    """Word sequence -> (attribute, value) for every way a query can name a catalog value.
+def surface_lookup(
+    products: list[Product], forms: FormsOf = surface_forms
+) -> dict[tuple[str, ...], tuple[str, str] | None]:
+    """Word sequence -> (attribute, value) for every way (``forms``) a query can name a catalog value.
 
     A word sequence that could mean two different things maps to None, so a
     query using it cannot be explained and is never generated.
@@ -150,7 +158,7 @@ def surface_lookup(products: list[Product]) -> dict[tuple[str, ...], tuple[str, 
         if attrs.get("subCategory") in SURFACE_FORMS["subCategory"]:
             pairs.append(("subCategory", attrs["subCategory"]))
         for name, value in pairs:
-            for form in surface_forms(name, value):
+            for form in forms(name, value):
                 key = tuple(words(form))
                 if key in lookup and lookup[key] != (name, value):
                     lookup[key] = None
@@ -200,17 +208,25 @@ def _combos(attrs: dict[str, str]) -> list[tuple[int, tuple[tuple[str, str], ...
     return out
 
 
-def _write(index: int, named: tuple[tuple[str, str], ...], rng: random.Random) -> str:
-    slots, patterns = TEMPLATES[index]
+def write_query(
+    index: int,
+    named: tuple[tuple[str, str], ...],
+    rng: random.Random,
+    forms: FormsOf = surface_forms,
+    patterns: tuple[str, ...] | None = None,
+) -> str:
+    """One wording of a query shape: a pattern (default: the template's) and a form per slot."""
+    slots, template_patterns = TEMPLATES[index]
+    patterns = patterns or template_patterns
     pattern = rng.choice(patterns)
     if dict(named).get("gender") == "unisex":
         pattern = patterns[0]  # "unisex caps", not "caps for unisex"
     filled = {}
     for slot, (attribute, value) in zip(slots, named):
-        forms = surface_forms(attribute, value)
+        choices = forms(attribute, value)
         if slot == "gender" and "for {gender}" in pattern:
-            forms = [f for f in forms if "'" not in f]  # "tees for men", not "for men's"
-        filled[slot] = rng.choice(forms)
+            choices = [f for f in choices if "'" not in f] or choices  # not "for men's"
+        filled[slot] = rng.choice(choices)
     return " ".join(pattern.format(**filled).split())
 
 
@@ -234,10 +250,12 @@ def build_query_specs(
     for (index, named), ids in sorted(groups.items()):
         if len(set(ids)) < min_relevant:
             continue
-        text = _write(index, named, random.Random(f"{seed}|{index}|{named}"))
+        text = write_query(index, named, random.Random(f"{seed}|{index}|{named}"))
         if explain_query(text, lookup) != dict(named):
             continue  # ambiguous wording; a wrong judgement is worse than one query fewer
-        by_template[index].append(FashionQuery(text, dict(named), sorted(set(ids))))
+        by_template[index].append(
+            FashionQuery(text, dict(named), sorted(set(ids)), index, named)
+        )
 
     for index, queries in by_template.items():
         random.Random(f"{seed}|order|{index}").shuffle(queries)

@@ -29,6 +29,7 @@ from makevl.data.catalog import (
     iter_queries,
 )
 from makevl.data.fashion_mini import FASHION_MINI_COLUMNS, load_fashion_mini
+from makevl.data.unseen_phrasing import build_unseen_phrasing_queries
 
 
 def shared_dir() -> Path:
@@ -80,6 +81,9 @@ class Preset:
     columns: ColumnMapping  # how its catalog's columns map to fields
     category_attribute: str | None  # groups the per-category tables; None: no table
     report_config: str | None  # bundled config `makevl report` trains with
+    # The query log of the "unseen phrasing" condition, given the products and
+    # which of them are test products; None: the preset has no such condition.
+    unseen_phrasing: Callable[[list[Product], Callable[[str], bool], int], list[QueryRecord]] | None = None
 
 
 def _load_demo(cfg: DataConfig) -> LoadedData:
@@ -117,7 +121,7 @@ def _load_custom(cfg: DataConfig) -> LoadedData:
 PRESETS: dict[str, Preset] = {
     "demo": Preset("demo", _load_demo, ColumnMapping(), "category", "demo-pretrained"),
     "fashion-mini": Preset("fashion-mini", _load_fashion_mini, FASHION_MINI_COLUMNS,
-                           "articleType", "fashion-mini"),
+                           "articleType", "fashion-mini", build_unseen_phrasing_queries),
     "custom": Preset("custom", _load_custom, ColumnMapping(), None, None),
 }
 

@@ -90,11 +90,19 @@ class Shop:
 def load_shop(cfg: DataConfig) -> Shop:
     """Load the shop a run config names, through its preset (``demo``, ``fashion-mini``, ``custom``)."""
     preset = get_preset(cfg.preset)
+    if cfg.unseen_phrasing and preset.unseen_phrasing is None:
+        raise ValueError(f"data.unseen_phrasing: preset {cfg.preset!r} has no unseen-phrasing "
+                         "condition (fashion-mini has)")
     data = preset.load(cfg)
     if cfg.sparse_titles:
         from makevl.data.text import strip_colour_words
 
         for product in data.products:
             product.title = strip_colour_words(product.title)
-    return Shop(data.name, data.products, data.queries, data.errors, cfg.split_seed,
+    shop = Shop(data.name, data.products, data.queries, data.errors, cfg.split_seed,
                 cfg.val_fraction, cfg.test_fraction, preset.category_attribute)
+    if cfg.unseen_phrasing:
+        shop.queries = preset.unseen_phrasing(
+            shop.products, lambda pid: shop.split_name(pid) == "test", cfg.split_seed
+        )
+    return shop

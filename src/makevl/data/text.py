@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import re
+from collections.abc import Collection
 
 # Colour words as they appear in product titles (lower case). Used to build the
 # --sparse-titles condition, where only the photo still tells the colour.
@@ -74,4 +76,30 @@ def check_text(text: str, what: str = "text") -> str:
             f"{what} is not valid UTF-8: character {exc.start} is "
             f"{text[exc.start]!r} (a lone surrogate)"
         ) from None
+    return text
+
+
+TYPO_MIN_LETTERS = 4  # shorter words ("tee", "men") are left alone
+
+
+def add_typo(text: str, rng: random.Random, known_words: Collection[str] = ()) -> str:
+    """``text`` with one letter dropped, doubled or swapped in one long word.
+
+    The misspelt word is never a known word ("tees" -> "tee" is not a typo);
+    ``text`` comes back unchanged when no word can be misspelt.
+    """
+    tokens = text.split()
+    candidates = [i for i, t in enumerate(tokens) if t.isalpha() and len(t) >= TYPO_MIN_LETTERS]
+    rng.shuffle(candidates)
+    for i in candidates:
+        word = tokens[i]
+        at = rng.randrange(1, len(word) - 1)  # the first letter stays
+        edits = [
+            word[:at] + word[at + 1 :],  # dropped
+            word[:at] + word[at] + word[at:],  # doubled
+            word[:at] + word[at + 1] + word[at] + word[at + 2 :],  # swapped with the next
+        ]
+        for typo in rng.sample(edits, len(edits)):
+            if typo != word and typo not in known_words:
+                return " ".join(tokens[:i] + [typo] + tokens[i + 1 :])
     return text

@@ -28,14 +28,17 @@ def eval_config(
     preset: str | None = None,
     sparse_titles: bool = False,
     overrides: list[str] | None = None,
+    unseen_phrasing: bool = False,
 ) -> RunConfig:
-    """Checkpoint config < ``config`` file < ``preset``/``sparse_titles`` < dotted overrides."""
+    """Checkpoint config < ``config`` file < preset and condition flags < dotted overrides."""
     tree = checkpoint_cfg.model_dump() if checkpoint_cfg is not None else {}
     if config:
         tree = _merge(tree, load_config(config).model_dump(exclude_unset=True))
     flags = [f"data.preset={preset}"] if preset else []
     if sparse_titles:
         flags.append("data.sparse_titles=true")
+    if unseen_phrasing:
+        flags.append("data.unseen_phrasing=true")
     tree = _merge(tree, parse_overrides(flags + list(overrides or [])))
     try:
         return RunConfig.model_validate(tree)
@@ -51,6 +54,7 @@ def run_eval(
     sparse_titles: bool = False,
     overrides: list[str] | None = None,
     split: str = "test",
+    unseen_phrasing: bool = False,
     category_attribute: str | None = None,
     bootstrap: int = 1000,
     per_query: str | None = None,
@@ -73,7 +77,7 @@ def run_eval(
             needing = [spec.name for spec in specs if spec.needs_model]
             raise ValueError(f"--system {', '.join(needing)} needs --checkpoint DIR")
         model, checkpoint_cfg = _load_checkpoint(checkpoint)
-    cfg = eval_config(checkpoint_cfg, config, preset, sparse_titles, overrides)
+    cfg = eval_config(checkpoint_cfg, config, preset, sparse_titles, overrides, unseen_phrasing)
 
     shop = load_shop(cfg.data)
     query_set = shop.query_set(split)
@@ -88,7 +92,7 @@ def run_eval(
     log.info("%s %s split: %d queries (%d without relevant products), %d products", shop.name,
              split, len(evaluator.scored_ids), len(evaluator.skipped_ids), len(query_set.pool))
     meta = {"shop": shop.name, "split": split, "sparse_titles": cfg.data.sparse_titles,
-            "checkpoint": checkpoint}
+            "unseen_phrasing": cfg.data.unseen_phrasing, "checkpoint": checkpoint}
 
     results = []
     for spec in specs:

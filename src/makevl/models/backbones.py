@@ -167,13 +167,30 @@ class TinyCNN(nn.Module):
             channels = width
         self.features = nn.Sequential(*layers)
         self.num_features = channels
+        self.stage_channels = list(widths[:-1])  # the blocks before the final map
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """As timm's: the final map and the outputs of the last ``indices`` blocks before it."""
+        stages = []
+        for block in range(0, len(self.features), 3):  # conv, norm, relu
+            x = self.features[block : block + 3](x)
+            stages.append(x)
+        return x, stages[:-1][len(stages) - 1 - indices :]
+
 
 class ImageTower(nn.Module):
-    """A vision trunk whose final feature map becomes tokens; pooled = their average."""
+    """A vision trunk whose final feature map becomes tokens; pooled = their average.
+
+    With ``pool_stages(n)`` the pooled vector also carries the averaged outputs
+    of the trunk's last ``n`` stages before the final map: colour and texture
+    live in the early layers, which the final ImageNet features mostly discard.
+    ``pooled_features`` is then wider than ``num_features`` (the token width).
+    """
 
     def __init__(
         self,
@@ -182,16 +199,39 @@ class ImageTower(nn.Module):
         mean: tuple[float, ...],
         std: tuple[float, ...],
         name: str,
+        stage_channels: list[int] | None = None,  # channels of each stage, first to last
     ) -> None:
         super().__init__()
         self.trunk = trunk
-        self.num_features = num_features
+        self.num_features = self.pooled_features = num_features
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.name = name
+        self.stage_channels = stage_channels or []
+        self.pooled_stages = 0
+
+    def pool_stages(self, count: int) -> ImageTower:
+        """Concatenate the averaged last ``count`` stages to the pooled vector (0: none)."""
+        if count and not hasattr(self.trunk, "forward_intermediates"):
+            raise BackboneError(f"image backbone {self.name!r} cannot give intermediate stages")
+        if count > len(self.stage_channels):
+            raise BackboneError(
+                f"image backbone {self.name!r} has {len(self.stage_channels)} stages; "
+                f"model.image_pooled_stages={count} asks for more"
+            )
+        self.pooled_stages = count
+        pooled = self.stage_channels[len(self.stage_channels) - count :]
+        self.pooled_features = self.num_features + sum(pooled)
+        return self
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.trunk.forward_features(pixel_values)
+        stages: list[torch.Tensor] = []
+        if self.pooled_stages:
+            features, stages = self.trunk.forward_intermediates(
+                pixel_values, indices=self.pooled_stages
+            )
+        else:
+            features = self.trunk.forward_features(pixel_values)
         if features.ndim == 4:  # [B, C, H, W] feature map
             tokens = features.flatten(2).transpose(1, 2)
         elif features.ndim == 3:  # ViT-style models already give [B, N, C]
@@ -201,7 +241,8 @@ class ImageTower(nn.Module):
                 f"image backbone {self.name!r}: forward_features gave shape "
                 f"{tuple(features.shape)}; expected [B,C,H,W] or [B,N,C]"
             )
-        return tokens, tokens.mean(1)
+        pooled = [tokens.mean(1)] + [stage.mean((2, 3)) for stage in stages]
+        return tokens, torch.cat(pooled, dim=-1)
 
     def transform(self, image: Image.Image, size: int) -> torch.Tensor:
         """PIL image -> normalized [3, size, size] tensor.
@@ -267,7 +308,8 @@ def timm_image_tower(trunk: nn.Module, name: str) -> ImageTower:
     """Wrap a headless timm model, with the normalization its weights were trained with."""
     cfg = trunk.pretrained_cfg  # lite0: mean = std = 0.5, inputs in [-1, 1] as TF trained it
     mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
-    return ImageTower(trunk, trunk.num_features, mean, std, name)
+    channels = [stage["num_chs"] for stage in getattr(trunk, "feature_info", None) or []]
+    return ImageTower(trunk, trunk.num_features, mean, std, name, channels)
 
 
 @register_image_tower("tiny")
@@ -276,7 +318,9 @@ def tiny_image_tower(weights: str | None = None) -> ImageTower:
     if weights is not None:
         raise BackboneError("image backbone 'tiny' is random; it takes no weights file")
     trunk = TinyCNN()
-    return ImageTower(trunk, trunk.num_features, IMAGENET_MEAN, IMAGENET_STD, "tiny")
+    return ImageTower(
+        trunk, trunk.num_features, IMAGENET_MEAN, IMAGENET_STD, "tiny", trunk.stage_channels
+    )
 
 
 @register_image_tower("efficientnet_lite0")

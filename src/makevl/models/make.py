@@ -100,7 +100,7 @@ class MakeModel(nn.Module):
             )
         self.image_encoder = create_image_tower(
             model_cfg.image_backbone, weights=model_cfg.image_weights
-        )
+        ).pool_stages(model_cfg.image_pooled_stages)
         title_dim, image_dim = self.title_encoder.hidden_size, self.image_encoder.num_features
         self.fusion = FusionEncoder(
             title_dim, image_dim, d, model_cfg.fusion_layers, model_cfg.fusion_heads
@@ -108,7 +108,7 @@ class MakeModel(nn.Module):
 
         self.query_proj = nn.Linear(self.query_encoder.hidden_size, d)
         self.title_proj = nn.Linear(title_dim, d)
-        self.image_proj = nn.Linear(image_dim, d)
+        self.image_proj = nn.Linear(self.image_encoder.pooled_features, d)
         self.fused_proj = nn.Linear(d, d)
         # Modal Adaptation: per-product weights over (title, image, fused).
         self.gate = (

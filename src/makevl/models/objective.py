@@ -8,7 +8,8 @@ one function here and one weight in the config.
 Terms read a :class:`LossInputs`, which encodes what they ask for once per
 batch. Under torch.distributed every vector is gathered across ranks, so the
 loss equals the single-process loss on the global batch (ranks need equal
-batch sizes).
+batch sizes). A term may also own frozen state built once from the model (a
+teacher tower), kept in the objective, never in the model or its checkpoint.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from collections.abc import Callable, Mapping
 from functools import cached_property
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from makevl.config import LossConfig
+from makevl.models.backbones import create_text_tower
 from makevl.models.losses import (
     ProductMemoryBank,
     contrastive_loss,
@@ -32,14 +35,19 @@ from makevl.models.make import MakeModel
 LossTerm = Callable[["LossInputs"], "torch.Tensor | None"]
 LOSS_TERMS: dict[str, LossTerm] = {}
 READS_QUERY: set[str] = set()  # terms that read the query vectors
+TERM_STATE: dict[str, Callable[[MakeModel], nn.Module]] = {}  # term -> builds its state
 
 
-def register_loss_term(name: str, reads_query: bool = False) -> Callable[[LossTerm], LossTerm]:
+def register_loss_term(
+    name: str, reads_query: bool = False, state: Callable[[MakeModel], nn.Module] | None = None
+) -> Callable[[LossTerm], LossTerm]:
     """Register a loss term under ``name``, the name of its weight in ``LossConfig``.
 
     ``reads_query``: the term uses ``LossInputs.query``/``plain_query``; queries are
     then encoded right after the products, so dropout draws its random numbers in
-    the same order whichever query terms are on.
+    the same order whichever query terms are on. ``state(model)`` builds what the
+    term keeps between batches (read as ``LossInputs.state[name]``), only when the
+    term is on.
     """
 
     def register(term: LossTerm) -> LossTerm:
@@ -48,6 +56,8 @@ def register_loss_term(name: str, reads_query: bool = False) -> Callable[[LossTe
         LOSS_TERMS[name] = term
         if reads_query:
             READS_QUERY.add(name)
+        if state is not None:
+            TERM_STATE[name] = state
         return term
 
     return register
@@ -76,10 +86,12 @@ class LossInputs:
         batch: dict[str, torch.Tensor],
         memory_bank: ProductMemoryBank | None = None,
         encode_queries: bool = False,
+        state: Mapping[str, nn.Module] | None = None,
     ) -> None:
         self.model = model
         self.batch = batch
         self.memory_bank = memory_bank
+        self.state = state or {}
         self.scale = model.logit_scale.exp().clamp(max=100)
         self.ids = gather_with_grad(batch["product_index"])
         self.products = model.encode_product(
@@ -170,6 +182,56 @@ def keyword_prediction(x: LossInputs) -> torch.Tensor | None:
     return keyword_prediction_loss(logits, targets)
 
 
+class FrozenTextTower(nn.Module):
+    """A text tower that never trains: no gradients, always in eval mode (no dropout)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.tower = create_text_tower(name).requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> FrozenTextTower:
+        return self  # stays in eval mode
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.tower(input_ids, attention_mask)[1].float(), dim=-1)
+
+
+DISTILLATION_TEMPERATURE = 0.05  # as in SimCSE-style contrastive distillation
+
+
+def _pretrained_query_tower(model: MakeModel) -> FrozenTextTower:
+    """The query tower as loaded before training (its backbone loaded afresh by name)."""
+    cfg = model.model_cfg
+    return FrozenTextTower(cfg.query_backbone or cfg.text_backbone)
+
+
+@register_loss_term("query_distillation", reads_query=True, state=_pretrained_query_tower)
+def query_distillation(x: LossInputs) -> torch.Tensor:
+    """Keeps the query tower's sense of which queries are alike, as pretrained.
+
+    For each query, the softmax over its cosine similarities to the batch's
+    other queries (temperature ``DISTILLATION_TEMPERATURE``) under the frozen
+    pretrained tower is the target for the same softmax under the fine-tuned
+    plain query vectors (KL divergence). It compares geometry, so the
+    projection to ``embed_dim`` needs no counterpart. A pretrained tower that
+    knew "sneakers" ~ "sports shoes" keeps pulling the fine-tuned one that way.
+    Meaningful with a pretrained backbone; with ``tiny`` the teacher is random.
+    """
+    teacher = x.state["query_distillation"](
+        x.batch["query_input_ids"], x.batch["query_attention_mask"]
+    )
+    student = x.plain_query.float()
+    others = ~torch.eye(len(student), dtype=torch.bool, device=student.device)
+
+    def log_softmax(vectors: torch.Tensor) -> torch.Tensor:
+        scores = vectors @ vectors.t() / DISTILLATION_TEMPERATURE
+        return scores.masked_fill(~others, float("-inf")).log_softmax(dim=-1)[others]
+
+    target = log_softmax(teacher)
+    return F.kl_div(log_softmax(student), target, log_target=True, reduction="sum") / len(student)
+
+
 # --------------------------------------------------------------------- objective
 
 
@@ -185,12 +247,17 @@ class MakeObjective(nn.Module):
         self.model = model
         self.terms = build_loss_terms(loss_cfg.model_dump())
         self.reads_query = any(name in READS_QUERY for name in self.terms)
+        self.term_state = nn.ModuleDict(
+            {name: TERM_STATE[name](model) for name in self.terms if name in TERM_STATE}
+        )
         self.memory_bank = (
             ProductMemoryBank(memory_bank_size, model.embed_dim) if memory_bank_size else None
         )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        inputs = LossInputs(self.model, batch, self.memory_bank, self.reads_query)
+        inputs = LossInputs(
+            self.model, batch, self.memory_bank, self.reads_query, self.term_state
+        )
         losses: dict[str, torch.Tensor] = {}
         for name, (_, term) in self.terms.items():
             value = term(inputs)

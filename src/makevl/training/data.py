@@ -87,6 +87,7 @@ class PairDataset(Dataset):
         image_features: Callable[[int], dict[str, torch.Tensor]] | None = None,
         title_features: Callable[[int], dict[str, torch.Tensor]] | None = None,
         known_bad: dict[int, BadSample] | None = None,
+        augment_query: Callable[[str, random.Random], str] | None = None,
     ) -> None:
         self.pairs = pairs
         self.products = products
@@ -98,6 +99,7 @@ class PairDataset(Dataset):
         self.image_features = image_features
         self.title_features = title_features
         self.known_bad = known_bad or {}
+        self.augment_query = augment_query
 
     def set_epoch(self, epoch: int) -> None:
         """Pseudo-queries are re-drawn each epoch (workers get a fresh copy per epoch)."""
@@ -117,6 +119,7 @@ class PairDataset(Dataset):
             self.image_transform,
             self.image_features(row) if self.image_features is not None else None,
             self.title_features(row) if self.title_features is not None else None,
+            self.augment_query,
         )  # fmt: skip
 
 
@@ -130,19 +133,24 @@ def make_sample(
     image_transform: Callable[[Any], torch.Tensor],
     image_features: dict[str, torch.Tensor] | None = None,
     title_features: dict[str, torch.Tensor] | None = None,
+    augment_query: Callable[[str, random.Random], str] | None = None,
 ) -> dict[str, Any] | BadSample:
     """One training sample; the image is opened only when no cached features are given.
 
     ``product_index`` identifies the product within the run (equal ids are not
-    each other's negatives).
+    each other's negatives). ``augment_query`` rewrites the query after the
+    pseudo-query is drawn, so the pseudo-query is the same with or without it.
     """
     if not product.title.strip():
         return bad_sample(product, "empty title")
+    # A product without keywords gets its real query as pseudo-query.
+    pseudo_query = sample_pseudo_query(keywords, rng) if keywords else query
+    if augment_query is not None:
+        query = augment_query(query, rng)
     sample: dict[str, Any] = {
         "query": query,
         "title": product.title,
-        # A product without keywords gets its real query as pseudo-query.
-        "pseudo_query": sample_pseudo_query(keywords, rng) if keywords else query,
+        "pseudo_query": pseudo_query,
         "product_index": product_index,
         "keyword_ids": keyword_ids,
     }

@@ -48,6 +48,7 @@ from makevl.models.inference import MakeEncoder
 from makevl.models.make import MakeModel
 from makevl.models.objective import MakeObjective
 from makevl.training import distributed as dist_utils
+from makevl.training.augment import QueryAugmenter
 from makevl.training.cache import cache_image_features, cache_title_features, default_cache_root
 from makevl.training.checkpoint import load_trainer_state, save_training_checkpoint
 from makevl.training.data import (
@@ -58,12 +59,12 @@ from makevl.training.data import (
     batches_per_epoch,
     training_pairs,
 )
+from makevl.training.learning_rates import parameter_lrs
 from makevl.training.streaming import StreamingPairDataset, fill_feature_caches, open_train_shards
 
 log = logging.getLogger(__name__)
 
 MIN_SAMPLES_FOR_BAD_CHECK = 256  # judge the bad share only once it means something
-PRETRAINED_TOWERS = ("query_encoder.", "title_encoder.", "image_encoder.")
 
 
 class TrainingError(RuntimeError):
@@ -123,15 +124,15 @@ def lr_lambda(warmup_steps: int, total_steps: int):
 
 
 def build_optimizer(model: MakeModel, cfg: RunConfig) -> torch.optim.AdamW:
-    """AdamW; no weight decay on norms, biases and scales; ``backbone_lr`` for the towers."""
-    backbone_lr = cfg.train.backbone_lr or cfg.train.lr
+    """AdamW; no weight decay on norms, biases and scales; LRs from :mod:`.learning_rates`."""
+    lrs = parameter_lrs([name for name, _ in model.named_parameters()], cfg.train)
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = param.ndim < 2 or any(s in name for s in ("bias", "norm", "scale"))
         decay = 0.0 if no_decay else cfg.train.weight_decay
-        lr = backbone_lr if name.startswith(PRETRAINED_TOWERS) else cfg.train.lr
+        lr = lrs[name]
         groups.setdefault((lr, decay), []).append(param)
     param_groups = [
         {"params": params, "lr": lr, "weight_decay": decay}
@@ -387,9 +388,12 @@ class Trainer:
 
     def _build_dataset(self) -> PairDataset | StreamingPairDataset:
         cfg, model, info = self.cfg, self.model, self.info
-        image_settings = ("image", cfg.model.image_backbone, cfg.data.image_size)
+        image_settings = ("image", cfg.model.image_backbone, cfg.data.image_size,
+                          cfg.model.image_pooled_stages)
         title_settings = ("title", cfg.model.text_backbone, cfg.data.max_title_tokens)
         if cfg.data.train_shards:
+            if QueryAugmenter.from_config(cfg.train) is not None:
+                raise TrainingError("train.augment_* is not supported with data.train_shards yet")
             return self._build_stream(image_settings, title_settings)
         product_ids = [p.id for p in self.products]
         image_features = title_features = None
@@ -417,6 +421,7 @@ class Trainer:
             image_features=image_features,
             title_features=title_features,
             known_bad=known_bad,
+            augment_query=QueryAugmenter.from_config(cfg.train),
         )
 
     def _build_stream(self, image_settings: tuple, title_settings: tuple) -> StreamingPairDataset:

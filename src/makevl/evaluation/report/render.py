@@ -6,21 +6,31 @@ import json
 from pathlib import Path
 from typing import Any
 
-from makevl.evaluation.report.claims import check_claims, title_drop
+from makevl.evaluation.report.claims import check_claims, metric_drop
 from makevl.evaluation.report.plots import PLOT_FILES
 from makevl.evaluation.systems import SYSTEMS
 
 
-def write_report(out_dir: Path, figures: dict[str, Any], sparse_titles: bool) -> dict[str, Any]:
+def write_report(out_dir: Path, figures: dict[str, Any]) -> dict[str, Any]:
     """Judge the claims and write report.json and report.md from the figures.
 
-    A sparse-titles report is compared with the full-titles report beside it
-    (``reports/<preset>/report.json``) when that one exists.
+    A harder condition is compared with the report beside it that lacks the
+    change, when that one exists: sparse titles with ``reports/<preset>``
+    (full titles), unseen phrasing with ``reports/<preset>`` or
+    ``reports/<preset>-sparse-titles`` (seen phrasing).
     """
-    full_titles = out_dir.parent / figures["preset"] / "report.json"
-    if sparse_titles and full_titles.is_file():
-        figures["full_titles_report"] = str(full_titles)
-        figures["drop_vs_full_titles"] = title_drop(json.loads(full_titles.read_text()), figures)
+    data = figures["config"]["data"]
+    sparse, unseen = data["sparse_titles"], data.get("unseen_phrasing", False)
+    comparisons = []
+    if sparse and not unseen:
+        comparisons.append(("full_titles", figures["preset"]))
+    if unseen:
+        comparisons.append(("seen_phrasing", figures["preset"] + ("-sparse-titles" * sparse)))
+    for name, folder in comparisons:
+        reference = out_dir.parent / folder / "report.json"
+        if reference.is_file():
+            figures[f"{name}_report"] = str(reference)
+            figures[f"drop_vs_{name}"] = metric_drop(json.loads(reference.read_text()), figures)
     figures["claims"] = check_claims(figures)
     (out_dir / "report.json").write_text(json.dumps(figures, indent=2, default=str))
     (out_dir / "report.md").write_text(render_markdown(figures, figures.get("plots", {})))
@@ -33,7 +43,7 @@ def refresh_report(out_dir: str | Path) -> dict[str, Any]:
     figures = json.loads((out_dir / "report.json").read_text())
     figures.setdefault("plots", {title: name for title, name in PLOT_FILES.items()
                                  if (out_dir / name).is_file()})
-    return write_report(out_dir, figures, figures["config"]["data"]["sparse_titles"])
+    return write_report(out_dir, figures)
 
 
 def _fmt(result: dict[str, Any], metric: str) -> str:
@@ -81,14 +91,16 @@ def render_markdown(figures: dict[str, Any], plots: dict[str, str]) -> str:
                     f"{m['ndcg@10'] - base['ndcg@10']:+.4f} | {m['recall@10']:.4f} | "
                     f"{m['recall@10'] - base['recall@10']:+.4f} |"
                 )
-    if figures.get("drop_vs_full_titles"):
-        lines += ["", f"## Lost against full titles ({figures['full_titles_report']})", "",
-                  "| system | NDCG@10 lost | share lost | Recall@10 lost | share lost |",
+    for name in ("full_titles", "seen_phrasing"):
+        drops = figures.get(f"drop_vs_{name}")
+        if not drops:
+            continue
+        lines += ["", f"## Lost against {name.replace('_', ' ')} ({figures[f'{name}_report']})",
+                  "", "| system | NDCG@10 lost | share lost | Recall@10 lost | share lost |",
                   "| --- | --- | --- | --- | --- |"]
-        drops = figures["drop_vs_full_titles"]
-        for name in sorted(drops, key=lambda n: drops[n]["ndcg@10"]):
-            d = drops[name]
-            lines.append(f"| {name} | {d['ndcg@10']:.4f} | {d['ndcg@10 relative']:.1%} | "
+        for system in sorted(drops, key=lambda n: drops[n]["ndcg@10"]):
+            d = drops[system]
+            lines.append(f"| {system} | {d['ndcg@10']:.4f} | {d['ndcg@10 relative']:.1%} | "
                          f"{d['recall@10']:.4f} | {d['recall@10 relative']:.1%} |")
     if figures.get("claims"):
         lines += ["", "## Claims, checked against the figures", ""]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from makevl.config import ConfigError, RunConfig, resolve_config, with_overrides
+from makevl.config import ConfigError, DataConfig, RunConfig, resolve_config, with_overrides
 from makevl.data.catalog import Product
 from makevl.data.presets import get_preset
 from makevl.data.shop import load_shop
@@ -36,6 +36,14 @@ def preset_config(preset: str, config: str | None, overrides: list[str]) -> RunC
     if name is None:
         raise ConfigError(f"preset {preset!r} has no bundled report config; pass --config")
     return resolve_config(name, [f"data.preset={preset}", *overrides])
+
+
+def condition_name(data: DataConfig) -> str:
+    """The report's condition in words, e.g. "sparse titles (colour words removed), unseen phrasing"."""
+    parts = ["sparse titles (colour words removed)" if data.sparse_titles else "full titles"]
+    if data.unseen_phrasing:
+        parts.append("unseen phrasing")
+    return ", ".join(parts)
 
 
 def machine_description() -> str:
@@ -73,8 +81,8 @@ def run_report(
     base = preset_config(preset, config, overrides or [])
     if minutes_per_model is not None:
         base.train.max_minutes = minutes_per_model
-    (out_dir / "per_query").mkdir(parents=True, exist_ok=True)
     shop = load_shop(base.data)
+    (out_dir / "per_query").mkdir(parents=True, exist_ok=True)  # only once the data loads
     query_set = shop.query_set("test")
     category = shop.category_attribute
     evaluator = RetrievalEvaluator(query_set, category_attribute=category, bootstrap=bootstrap,
@@ -116,7 +124,7 @@ def run_report(
 
     figures = {
         "preset": preset,
-        "condition": "sparse titles (colour words removed)" if base.data.sparse_titles else "full titles",
+        "condition": condition_name(base.data),
         "command": command,
         "machine": machine_description(),
         "seconds": round(time.perf_counter() - started, 1),
@@ -135,7 +143,7 @@ def run_report(
         out_dir, results, groups, query_set.pool, make_modality_weights, category, evaluator
     )
     figures["plots"] = plots
-    return write_report(out_dir, figures, sparse_titles=base.data.sparse_titles)
+    return write_report(out_dir, figures)
 
 
 def _train(spec: SystemSpec, base: RunConfig, out_dir: Path):
