@@ -308,8 +308,11 @@ def test_hybrid_mode_and_its_weights(client):
     body = client.get("/search", params=params).json()
     assert body["mode"] == "hybrid" and body["results"][0]["id"] == "p12"
     assert body["results"][0]["score"] == pytest.approx(2 / 11)  # first in both channels
-    both_zero = client.get("/search", params={**params, "vector_weight": 0, "lexical_weight": 0})
-    assert both_zero.status_code == 422 and "not both 0" in both_zero.json()["detail"]
+    for zero in ({"vector_weight": 0, "lexical_weight": 0}, {"lexical_weight": 0}):
+        refused = client.get("/search", params={**params, **zero})
+        assert refused.status_code == 422 and "greater than 0" in refused.json()["detail"]
+    body = client.post("/search", json={"queries": ["x"], "mode": "hybrid", "vector_weight": 0})
+    assert body.status_code == 422
 
 
 def test_explain_returns_the_keywords_keyword_enhancement_attached(tmp_path):

@@ -118,7 +118,9 @@ FilterText = Annotated[
     AfterValidator(_clean_filter),
     Field(max_length=MAX_FILTER_CHARS, json_schema_extra={"pattern": ANY_FILTER}),
 ]
-Weight = Annotated[float, Field(ge=0, le=100)]
+# > 0, not >= 0: with both 0 no ranking is left, and the schema cannot say "not both"
+# (schemathesis sent 0/0). Leaving a channel out is mode=vector, or Fusion() in Python.
+Weight = Annotated[float, Field(gt=0, le=100)]
 
 
 class SearchOptions(BaseModel):
