@@ -42,40 +42,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from sample_queries import QUERIES
+from search_latency import embedding_like, percentiles, recall_at_k, time_searches
 
 from makevl.index.backends import create_backend
 from makevl.index.backends import faiss as faiss_backend
-
-
-def embedding_like(
-    n: int, dim: int, basis: np.ndarray, seed: int, noise: float = 0.3
-) -> np.ndarray:
-    """Unit vectors near a random ``rank``-dim subspace: no clean clusters, like real embeddings.
-
-    With rank 32 a query's 10th neighbour has cosine ~0.6 and its 100th ~0.5, so
-    ANN indexes must work for their recall (well-separated clusters would
-    flatter them). Generated in chunks: 1M x 256 float32 is 1 GB.
-    """
-    rng = np.random.default_rng(seed)
-    rank = basis.shape[0]
-    out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, 100_000):
-        m = min(100_000, n - start)
-        block = rng.standard_normal((m, rank), dtype=np.float32) @ basis
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        block += rng.standard_normal((m, dim), dtype=np.float32) * (noise / np.sqrt(dim))
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        out[start : start + m] = block
-    return out
-
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1000
-    return {
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "qps": float(1000 / ms.mean()),
-    }
 
 
 def parity_queries(limit: int) -> list[str]:
@@ -133,20 +103,6 @@ def export_runtimes(encoder, folder: Path, reference: np.ndarray, queries: list[
         cosine = np.sum(reference * vectors, axis=1)
         made[name] = f"cosine to torch min {cosine.min():.4f}, mean {cosine.mean():.4f}"
     return runtimes, made
-
-
-def time_searches(index, queries: np.ndarray, k: int) -> tuple[list[float], np.ndarray]:
-    times, found = [], []
-    for q in queries:
-        start = time.perf_counter()
-        _, ids = index.search(q[None], k)
-        times.append(time.perf_counter() - start)
-        found.append(ids[0])
-    return times, np.array(found)
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
 
 
 def runtime_parity(runtimes: dict, texts: list[str], index, k: int) -> dict[str, dict]:
