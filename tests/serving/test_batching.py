@@ -112,8 +112,12 @@ def test_concurrent_searches_share_one_encoder_call(gated, served_index):
     queries = ["red t-shirt", "blue jeans", "wrist watch", "leather belt"]
     with TestClient(app) as client, ThreadPoolExecutor(8) as pool:
         first = busy_worker(client, pool, app, encoder)
+        # Queued in this order (batches are cut in arrival order, so a k=1 search that
+        # overtook the POST would split the k=3 group): the GETs, the POST, the k=1 GET.
         waiting = [pool.submit(client.get, "/search", params={"q": q, "k": 3}) for q in queries]
+        wait_until(lambda: app.state.batcher.depth == 4, "the four GETs to be queued")
         waiting.append(pool.submit(client.post, "/search", json={"queries": queries, "k": 3}))
+        wait_until(lambda: app.state.batcher.depth == 5, "the POST to be queued")
         waiting.append(pool.submit(client.get, "/search", params={"q": "glass vase", "k": 1}))
         wait_until(lambda: app.state.batcher.depth == 6, "six searches to be queued")
         encoder.release.set()

@@ -171,13 +171,18 @@ class MakeModel(nn.Module):
         if not self.keyword_enhanced:
             return q, q
         keywords = F.normalize(self.keyword_embeddings, dim=-1)
-        enriched = F.normalize(q + self.keyword_out(self.keyword_attention(q) @ keywords), dim=-1)
+        attention = self.keyword_attention(q, keywords)
+        enriched = F.normalize(q + self.keyword_out(attention @ keywords), dim=-1)
         return enriched, q
 
-    def keyword_attention(self, q: torch.Tensor) -> torch.Tensor:
+    def keyword_attention(
+        self, q: torch.Tensor, keywords: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """How much each keyword of the memory KE adds to normalized queries q [B,d] -> [B,K]
-        (rows sum to 1)."""
-        keywords = F.normalize(self.keyword_embeddings, dim=-1)
+        (rows sum to 1). ``keywords``: the normalized memory, when the caller has it (one
+        normalization node in the graph, so training is bit-identical to computing it inline)."""
+        if keywords is None:
+            keywords = F.normalize(self.keyword_embeddings, dim=-1)
         return (self.keyword_log_scale.exp() * q @ keywords.t()).softmax(dim=-1)
 
     def encode_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
