@@ -7,11 +7,14 @@ from fastapi.testclient import TestClient
 from makevl.index.search import Searcher
 from makevl.serving.app import MAX_BATCH, STATIC_DIR, create_app
 from makevl.serving.metrics import Metrics
+from serving.serving_testing import NO_SHEDDING
 
 
 @pytest.fixture(scope="module")
 def client(served_index):
-    with TestClient(create_app(served_index), raise_server_exceptions=False) as c:
+    with TestClient(
+        create_app(served_index, batching=NO_SHEDDING), raise_server_exceptions=False
+    ) as c:
         yield c
 
 

@@ -30,6 +30,7 @@ from makevl.index.encoders import HashingEncoder
 from makevl.index.search import Searcher
 from makevl.serving.app import create_app
 from makevl.serving.metrics import METHODS, OTHER_METHOD
+from serving.serving_testing import NO_SHEDDING
 
 SECRET = b"\x89PNG\r\n\x1a\n" + b"SECRET-OUTSIDE-THE-CATALOG"
 PASSWD_MARK = b"root:x:0:0"
@@ -67,7 +68,9 @@ def hostile_index(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(hostile_index):
-    with TestClient(create_app(hostile_index), raise_server_exceptions=False) as c:
+    with TestClient(
+        create_app(hostile_index, batching=NO_SHEDDING), raise_server_exceptions=False
+    ) as c:
         yield c
 
 
@@ -173,7 +176,7 @@ class TokenizingEncoder(HashingEncoder):
 @pytest.fixture(scope="module")
 def tokenizing_client(hostile_index):
     searcher = Searcher(hostile_index, encoder=TokenizingEncoder(32))
-    with TestClient(create_app(searcher), raise_server_exceptions=False) as c:
+    with TestClient(create_app(searcher, batching=NO_SHEDDING), raise_server_exceptions=False) as c:
         yield c
 
 

@@ -12,6 +12,7 @@ import schemathesis
 from schemathesis.engine import events, from_schema
 
 from makevl.serving.app import create_app
+from serving.serving_testing import NO_SHEDDING
 
 CONFIG = {"seed": 20261125, "generation": {"max-examples": 25}, "cache": {"enabled": False}}
 
@@ -34,7 +35,7 @@ def test_api_keeps_its_openapi_contract(served_index):
     # pytest plugin cannot load a schema from a fixture under pytest 9.)
     config = schemathesis.Config.from_dict(CONFIG)
     schema = schemathesis.openapi.from_asgi(
-        "/openapi.json", create_app(served_index), config=config
+        "/openapi.json", create_app(served_index, batching=NO_SHEDDING), config=config
     )
     scenarios, failures = 0, []
     for event in from_schema(schema).execute():
