@@ -145,6 +145,10 @@ WORKER = textwrap.dedent(
         # DDP averages gradients over ranks; emulate it for the local shard's leaf.
         with open(f"{out}/rank{rank}.json", "w") as f:
             json.dump({"loss": loss.item(), "grad_a": (a_local.grad / world).tolist()}, f)
+        # Both ranks finish their collectives before either tears gloo down (a rank that
+        # destroys the group first can abort the other: "terminate called without an
+        # active exception", seen once in CI).
+        dist.barrier()
         dist.destroy_process_group()
 
     if __name__ == "__main__":
