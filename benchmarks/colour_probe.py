@@ -6,7 +6,8 @@ discard), without training MAKE: EfficientNet-Lite0 encodes fashion-mini
 train and validation photos once; a ridge-regression probe is fit on train
 photos for their baseColour (12 most common colours) and scored on
 validation photos, for the final map alone, the early stages alone, and both
-(``model.image_pooled_stages``). The test split is never read.
+(``model.image_pooled_stages``), and the colour histograms of the pixels
+(``model.image_colour_levels``). The test split is never read.
 
     python benchmarks/colour_probe.py            # about 2 CPU minutes on a quiet machine
 """
@@ -26,7 +27,7 @@ from makevl.config import DataConfig
 from makevl.data.catalog import Product
 from makevl.data.images import load_image
 from makevl.data.shop import load_shop
-from makevl.models.backbones import ImageTower, create_image_tower
+from makevl.models.backbones import ImageTower, colour_histogram_size, create_image_tower
 
 
 def colour(product: Product) -> str:
@@ -57,6 +58,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-sample", type=int, default=1200)
     parser.add_argument("--stages", type=int, default=4, help="early stages pooled")
+    parser.add_argument("--colour-levels", type=int, default=5,
+                        help="soft bins per RGB channel of the colour histograms (0: none)")
     parser.add_argument("--image-size", type=int, default=224)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -72,12 +75,17 @@ def main() -> None:
     train_y = torch.tensor([colours.index(colour(p)) for p in train])
     val_y = torch.tensor([colours.index(colour(p)) for p in val])
 
-    tower = create_image_tower("efficientnet_lite0").pool_stages(args.stages).eval()
+    tower = create_image_tower("efficientnet_lite0").pool_stages(args.stages)
+    tower = tower.colour_histogram(args.colour_levels).eval()
     train_x, val_x = encode(tower, train, args.image_size), encode(tower, val, args.image_size)
     final, width = tower.num_features, tower.pooled_features
+    stages_end = width - (colour_histogram_size(args.colour_levels) if args.colour_levels else 0)
     columns = {f"final map only ({final})": slice(0, final),
-               f"early stages only ({width - final})": slice(final, width),
-               f"final map + {args.stages} stages ({width})": slice(0, width)}
+               f"early stages only ({stages_end - final})": slice(final, stages_end),
+               f"final map + {args.stages} stages ({stages_end})": slice(0, stages_end)}
+    if args.colour_levels:
+        columns |= {f"colour histograms only ({width - stages_end})": slice(stages_end, width),
+                    f"everything ({width}, the pooled image vector)": slice(0, width)}
     results = {name: probe_accuracy(train_x[:, c], train_y, val_x[:, c], val_y, len(colours))
                for name, c in columns.items()}
     majority = Counter(train_y.tolist()).most_common(1)[0][0]

@@ -70,6 +70,9 @@ class ModelConfig(_Section):
     # Also pool the image tower's last N stages before the final map into the image
     # vector (colour and texture live early); 0: the final map only.
     image_pooled_stages: int = Field(0, ge=0)
+    # Also append RGB colour histograms of the photo (this many soft bins per channel;
+    # models/backbones.py colour_histogram); 0: none.
+    image_colour_levels: int = Field(0, ge=0)
     embed_dim: int = Field(256, gt=0)
     fusion_layers: int = Field(2, ge=1)
     fusion_heads: int = Field(4, ge=1)

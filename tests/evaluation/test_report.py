@@ -38,7 +38,8 @@ def test_report_on_tiny_data_writes_every_file(tmp_path: Path):
         config="demo-tiny",
         overrides=[f"data.catalog={data / 'catalog.csv'}", f"data.queries={data / 'queries.csv'}",
                    "train.max_steps=3", "train.epochs=1"],
-        systems=["bm25", "make", "make-no-ke", "text-bi-encoder", "static-fusion"],
+        systems=["bm25", "make", "make-no-ke", "make-no-query-robustness", "text-bi-encoder",
+                 "static-fusion"],
         bootstrap=20,
         command="pytest",
     )
@@ -47,7 +48,8 @@ def test_report_on_tiny_data_writes_every_file(tmp_path: Path):
         assert (out / name).stat().st_size > 0, name
     saved = json.loads((out / "report.json").read_text())
     assert set(saved["results"]) == {
-        "bm25", "make", "make-untrained", "make-no-ke", "text-bi-encoder",
+        "bm25", "make", "make-untrained", "make-no-ke", "make-no-query-robustness",
+        "text-bi-encoder",
         "static-fusion(title=0.25,image=0.75)", "static-fusion(title=0.5,image=0.5)",
         "static-fusion(title=0.75,image=0.25)",
     }

@@ -22,9 +22,12 @@ def test_a_spec_either_builds_or_is_trained():
 def test_report_variants_and_their_overrides():
     trained = [name for name, spec in SYSTEMS.items() if spec.trained]
     assert trained == ["make", "make-no-ma-equal", "make-no-ma-fused", "make-no-ke",
-                       "make-shared-encoder", "clip-query-image", "text-bi-encoder"]
+                       "make-shared-encoder", "make-no-query-robustness", "clip-query-image",
+                       "text-bi-encoder"]
     assert "model.product_branch=image" in SYSTEMS["clip-query-image"].train_overrides
     assert not SYSTEMS["checkpoint"].in_report
+    # Trained only when named: it equals "make" wherever the config leaves the options off.
+    assert not SYSTEMS["make-no-query-robustness"].in_report
 
 
 class FirstProducts:

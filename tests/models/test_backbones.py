@@ -14,12 +14,15 @@ from makevl.models.backbones import (
     ImageTower,
     TextTower,
     TinyCNN,
+    colour_histogram,
+    colour_histogram_size,
     create_image_tower,
     create_text_tower,
     load_efficientnet_lite0_weights,
     register_image_tower,
     register_text_tower,
 )
+from models.tiny import colour_swatches
 
 
 def tokenize(encoder, texts, max_length=16):
@@ -213,31 +216,14 @@ def test_pooled_stages_widen_the_pooled_vector_and_keep_the_tokens(name):
         tower.pool_stages(len(tower.stage_channels) + 1)
 
 
-def _colour_swatches(variants: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Garment-like patches of 8 colours on white, each with its own shape and texture."""
-    colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.2, 0.9], [0.1, 0.7, 0.2], [0.95, 0.95, 0.95],
-                            [0.05, 0.05, 0.05], [0.9, 0.8, 0.1], [0.6, 0.1, 0.6], [0.5, 0.5, 0.5]])
-    generator = torch.Generator().manual_seed(seed)
-    images, labels = [], []
-    for label, rgb in enumerate(colours):
-        for _ in range(variants):
-            image = torch.ones(3, 64, 64)
-            x, y = torch.randint(2, 26, (2,), generator=generator).tolist()
-            w, h = torch.randint(20, 38, (2,), generator=generator).tolist()
-            texture = 0.2 * torch.randn(1, h, w, generator=generator)
-            image[:, y : y + h, x : x + w] = (rgb[:, None, None] + texture).clamp(0, 1)
-            images.append(image)
-            labels.append(label)
-    return torch.stack(images), torch.tensor(labels)
-
-
-def _colour_probe_accuracy(stages: int) -> float:
+def _colour_probe_accuracy(stages: int, colour_levels: int = 0) -> float:
     """A ridge-regression probe on the pooled vector, fit on some swatches, scored on others."""
     torch.manual_seed(0)
-    tower = create_image_tower("tiny").pool_stages(stages).eval()
-    (train_x, train_y), (test_x, test_y) = _colour_swatches(6, seed=1), _colour_swatches(4, seed=2)
-    with torch.no_grad():
-        train, test = tower(train_x)[1], tower(test_x)[1]
+    tower = create_image_tower("tiny").pool_stages(stages).colour_histogram(colour_levels).eval()
+    (train_x, train_y), (test_x, test_y) = colour_swatches(6, seed=1), colour_swatches(4, seed=2)
+    mean, std = torch.tensor(tower.mean).view(1, 3, 1, 1), torch.tensor(tower.std).view(1, 3, 1, 1)
+    with torch.no_grad():  # the tower takes normalized pixels, as tower.transform makes them
+        train, test = tower((train_x - mean) / std)[1], tower((test_x - mean) / std)[1]
     mean, std = train.mean(0), train.std(0) + 1e-6
     train, test = ((torch.cat([(v - mean) / std, torch.ones(len(v), 1)], 1)) for v in (train, test))
     targets = F.one_hot(train_y, 8).float()
@@ -250,13 +236,47 @@ def test_early_stages_make_colour_easier_to_read_from_the_image_vector():
     assert with_stages > final_only + 0.2, (final_only, with_stages)
 
 
+def test_colour_histogram_makes_colour_readable_from_the_image_vector():
+    final_only, with_colour = _colour_probe_accuracy(0), _colour_probe_accuracy(0, 4)
+    assert with_colour > final_only + 0.2, (final_only, with_colour)
+    assert with_colour >= 0.9, with_colour
+
+
+def test_colour_histogram_bins_the_product_apart_from_the_white_background():
+    image = torch.ones(1, 3, 8, 8)  # white background ...
+    image[:, :, :2, :2] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)  # ... 4 red pixels of 64
+    histogram = colour_histogram(image, levels=2)
+    assert histogram.shape == (1, colour_histogram_size(2))
+    product, whole, share = histogram[0, :8], histogram[0, 8:16], histogram[0, 16]
+    red, white = 0b100, 0b111  # bin index = r * 4 + g * 2 + b with 2 levels
+    torch.testing.assert_close(product, F.one_hot(torch.tensor(red), 8).float())  # sqrt(1) = 1
+    torch.testing.assert_close(whole[[red, white]], torch.tensor([4 / 64, 60 / 64]).sqrt())
+    assert share.item() == pytest.approx(4 / 64)
+    blank = colour_histogram(torch.ones(1, 3, 8, 8), levels=2)[0]  # a white shirt on white
+    assert blank[:8].sum() == 0 and blank[16] == 0 and blank[8 + white] == 1
+
+
+def test_colour_histogram_widens_the_pooled_vector_and_keeps_the_tokens():
+    tower = create_image_tower("tiny").eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens, pooled = tower(pixels)
+        colour_tokens, wide = tower.colour_histogram(3)(pixels)
+    torch.testing.assert_close(colour_tokens, tokens)
+    assert wide.shape == (2, tower.num_features + colour_histogram_size(3)) == (2, tower.pooled_features)
+    torch.testing.assert_close(wide[:, : tower.num_features], pooled)
+    with pytest.raises(BackboneError, match="levels"):
+        tower.colour_histogram(1)
+
+
 def test_make_model_with_pooled_stages_reads_cached_tower_outputs():
     from makevl.config import ModelConfig
     from makevl.models.make import MakeModel
 
     torch.manual_seed(0)
     model = MakeModel(ModelConfig(embed_dim=32, fusion_layers=1, fusion_heads=2,
-                                  image_pooled_stages=2), image_size=32).eval()
+                                  image_pooled_stages=2, image_colour_levels=3),
+                      image_size=32).eval()
     assert model.image_proj.in_features == model.image_encoder.pooled_features
     ids = torch.randint(0, 100, (2, 5))
     mask = torch.ones_like(ids)

@@ -6,7 +6,7 @@ import torch
 from makevl.config import LossConfig, ModelConfig, RunConfig
 from makevl.models.make import MakeModel
 from makevl.models.objective import MakeObjective
-from models.tiny import make_batch, product_inputs, tiny_model
+from models.tiny import colour_swatches, make_batch, product_inputs, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +140,43 @@ def test_from_config():
     assert model.keyword_embeddings.shape == (3, 16)
     with pytest.raises(ValueError, match="divisible"):
         MakeModel(ModelConfig(embed_dim=30, fusion_heads=4))
+
+
+def _fused_colour_accuracy(colour_levels: int) -> float:
+    """Train only the fusion encoder and a linear head to tell the swatches' colours apart."""
+    torch.manual_seed(0)
+    model = MakeModel(ModelConfig(embed_dim=32, fusion_layers=1, fusion_heads=2,
+                                  image_colour_levels=colour_levels), image_size=64).eval()
+    tower = model.image_encoder
+    mean, std = torch.tensor(tower.mean).view(1, 3, 1, 1), torch.tensor(tower.std).view(1, 3, 1, 1)
+    (train_x, train_y), (test_x, test_y) = colour_swatches(6, seed=1), colour_swatches(4, seed=2)
+    with torch.no_grad():
+        train, test = tower((train_x - mean) / std), tower((test_x - mean) / std)
+
+    def fused(image: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        title = torch.zeros(len(image[0]), 2, model.title_encoder.hidden_size)  # titles say nothing
+        return model.fusion(title, torch.ones(len(title), 2), *image)
+
+    head = torch.nn.Linear(model.embed_dim, 8)
+    optimizer = torch.optim.Adam([*model.fusion.parameters(), *head.parameters()], lr=3e-3)
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(head(fused(train)), train_y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return head(fused(test)).argmax(1).eq(test_y).float().mean().item()
+
+
+def test_the_fused_vector_learns_colour_from_the_pooled_image_token():
+    """Colour histograms reach the fusion encoder as one more image token."""
+    without, with_colour = _fused_colour_accuracy(0), _fused_colour_accuracy(3)
+    assert with_colour >= 0.9 and with_colour > without + 0.15, (without, with_colour)
+
+
+def test_the_pooled_image_token_exists_only_when_the_pooled_vector_adds_to_the_tokens():
+    assert MakeModel(ModelConfig(embed_dim=32, fusion_layers=1, fusion_heads=2),
+                     image_size=32).fusion.pooled_image_in is None
+    model = MakeModel(ModelConfig(embed_dim=32, fusion_layers=1, fusion_heads=2,
+                                  image_colour_levels=2), image_size=32)
+    assert model.fusion.pooled_image_in.in_features == model.image_encoder.pooled_features

@@ -52,3 +52,21 @@ def make_batch(model: MakeModel, product_index=None, seed=0) -> dict[str, torch.
 def product_inputs(batch):
     keys = ("title_input_ids", "title_attention_mask", "pixel_values")
     return {key: batch[key] for key in keys}
+
+
+def colour_swatches(variants: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Garment-like patches of 8 colours on white, each with its own shape and texture."""
+    colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.2, 0.9], [0.1, 0.7, 0.2], [0.95, 0.95, 0.95],
+                            [0.05, 0.05, 0.05], [0.9, 0.8, 0.1], [0.6, 0.1, 0.6], [0.5, 0.5, 0.5]])
+    generator = torch.Generator().manual_seed(seed)
+    images, labels = [], []
+    for label, rgb in enumerate(colours):
+        for _ in range(variants):
+            image = torch.ones(3, 64, 64)
+            x, y = torch.randint(2, 26, (2,), generator=generator).tolist()
+            w, h = torch.randint(20, 38, (2,), generator=generator).tolist()
+            texture = 0.2 * torch.randn(1, h, w, generator=generator)
+            image[:, y : y + h, x : x + w] = (rgb[:, None, None] + texture).clamp(0, 1)
+            images.append(image)
+            labels.append(label)
+    return torch.stack(images), torch.tensor(labels)

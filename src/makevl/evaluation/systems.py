@@ -43,7 +43,7 @@ class SystemSpec:
     build: Callable[[Any], list[RankingSystem]] | None = None
     needs_model: bool = False  # build needs a MAKE model: a checkpoint, or the report's "make"
     train_overrides: tuple[str, ...] | None = None  # a MAKE variant the report trains
-    in_report: bool = True
+    in_report: bool = True  # run by `makevl report` without --systems (trained ones: when named)
 
     @property
     def trained(self) -> bool:
@@ -128,6 +128,11 @@ for _spec in [
                                 "loss.keyword_prediction=0")),
     SystemSpec("make-shared-encoder", "ablation", "one text encoder shared by queries and titles",
                train_overrides=("model.shared_query_title_encoder=true",)),
+    SystemSpec("make-no-query-robustness", "ablation",
+               "no query augmentation and no distillation toward the pretrained query tower",
+               train_overrides=("train.augment_typo=0", "train.augment_drop_word=0",
+                                "train.augment_reorder=0", "loss.query_distillation=0"),
+               in_report=False),  # only meaningful where the config turns them on
     SystemSpec("clip-query-image", "baseline",
                "CLIP-style two-tower: query vs product image, trained here",
                train_overrides=("model.product_branch=image", *MAIN_LOSS_ONLY)),

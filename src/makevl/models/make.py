@@ -25,14 +25,28 @@ BRANCHES = ("title", "image", "fused")  # order of the Modal Adaptation weights
 
 
 class FusionEncoder(nn.Module):
-    """Transformer layers over [CLS; title tokens; image tokens] -> the CLS output."""
+    """Transformer layers over [CLS; title tokens; image tokens] -> the CLS output.
 
-    def __init__(self, title_dim: int, image_dim: int, width: int, layers: int, heads: int):
+    With ``pooled_image_dim`` the image tower's pooled vector joins as one more
+    image token: it carries what the tokens do not (early stages, colour
+    histograms), which the fused vector would otherwise never see.
+    """
+
+    def __init__(
+        self,
+        title_dim: int,
+        image_dim: int,
+        width: int,
+        layers: int,
+        heads: int,
+        pooled_image_dim: int = 0,
+    ) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"fusion width {width} (embed_dim) is not divisible by {heads} heads")
         self.title_in = nn.Linear(title_dim, width)
         self.image_in = nn.Linear(image_dim, width)
+        self.pooled_image_in = nn.Linear(pooled_image_dim, width) if pooled_image_dim else None
         self.modality = nn.Embedding(2, width)  # 0: title token, 1: image token
         self.cls = nn.Parameter(torch.randn(1, 1, width) * 0.02)
         layer = nn.TransformerEncoderLayer(
@@ -49,11 +63,20 @@ class FusionEncoder(nn.Module):
         )
 
     def forward(
-        self, title_tokens: torch.Tensor, title_mask: torch.Tensor, image_tokens: torch.Tensor
+        self,
+        title_tokens: torch.Tensor,
+        title_mask: torch.Tensor,
+        image_tokens: torch.Tensor,
+        image_pooled: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch = title_tokens.shape[0]
         title = self.title_in(title_tokens) + self.modality.weight[0]
-        image = self.image_in(image_tokens) + self.modality.weight[1]
+        image = self.image_in(image_tokens)
+        if self.pooled_image_in is not None:
+            if image_pooled is None:
+                raise ValueError("this fusion encoder also reads the image tower's pooled vector")
+            image = torch.cat([image, self.pooled_image_in(image_pooled).unsqueeze(1)], dim=1)
+        image = image + self.modality.weight[1]
         sequence = torch.cat([self.cls.expand(batch, -1, -1).to(title.dtype), title, image], dim=1)
         padding = torch.cat(
             [
@@ -98,12 +121,20 @@ class MakeModel(nn.Module):
             self.query_encoder = create_text_tower(
                 model_cfg.query_backbone or model_cfg.text_backbone
             )
-        self.image_encoder = create_image_tower(
-            model_cfg.image_backbone, weights=model_cfg.image_weights
-        ).pool_stages(model_cfg.image_pooled_stages)
+        self.image_encoder = (
+            create_image_tower(model_cfg.image_backbone, weights=model_cfg.image_weights)
+            .pool_stages(model_cfg.image_pooled_stages)
+            .colour_histogram(model_cfg.image_colour_levels)
+        )
         title_dim, image_dim = self.title_encoder.hidden_size, self.image_encoder.num_features
+        pooled_dim = self.image_encoder.pooled_features
         self.fusion = FusionEncoder(
-            title_dim, image_dim, d, model_cfg.fusion_layers, model_cfg.fusion_heads
+            title_dim,
+            image_dim,
+            d,
+            model_cfg.fusion_layers,
+            model_cfg.fusion_heads,
+            pooled_image_dim=pooled_dim if pooled_dim != image_dim else 0,  # only when it adds
         )
 
         self.query_proj = nn.Linear(self.query_encoder.hidden_size, d)
@@ -223,7 +254,7 @@ class MakeModel(nn.Module):
 
         title = F.normalize(self.title_proj(title_pooled), dim=-1)
         image = F.normalize(self.image_proj(image_pooled), dim=-1)
-        fused_state = self.fusion(title_tokens, title_attention_mask, image_tokens)
+        fused_state = self.fusion(title_tokens, title_attention_mask, image_tokens, image_pooled)
         fused = F.normalize(self.fused_proj(fused_state), dim=-1)
         branches = torch.stack([title, image, fused], dim=1)  # [B, 3, d]
 

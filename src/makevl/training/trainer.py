@@ -389,7 +389,7 @@ class Trainer:
     def _build_dataset(self) -> PairDataset | StreamingPairDataset:
         cfg, model, info = self.cfg, self.model, self.info
         image_settings = ("image", cfg.model.image_backbone, cfg.data.image_size,
-                          cfg.model.image_pooled_stages)
+                          cfg.model.image_pooled_stages, cfg.model.image_colour_levels)
         title_settings = ("title", cfg.model.text_backbone, cfg.data.max_title_tokens)
         if cfg.data.train_shards:
             if QueryAugmenter.from_config(cfg.train) is not None:

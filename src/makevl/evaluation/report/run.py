@@ -74,7 +74,7 @@ def run_report(
     """Train, evaluate and write the report for ``preset``; return the JSON figures."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    known = [name for name, spec in SYSTEMS.items() if spec.in_report]
+    known = [name for name, spec in SYSTEMS.items() if spec.in_report or spec.trained]
     for name in systems or []:
         if name not in known:
             raise ValueError(f"unknown report system {name!r}; expected one of {', '.join(known)}")
@@ -105,7 +105,7 @@ def run_report(
                  result.metrics["recall@10"], result.metrics["ndcg@10"], result.seconds)
 
     for spec in SYSTEMS.values():
-        if not spec.in_report or (wanted is not None and spec.name not in wanted):
+        if (spec.name not in wanted) if wanted is not None else not spec.in_report:
             continue
         if spec.trained:
             model, training[spec.name] = _train(spec, base, out_dir)
