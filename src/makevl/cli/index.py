@@ -68,9 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the model's product side through ONNX Runtime if it matches torch "
         "(parity-checked, recorded in the manifest; torch without onnxruntime), or torch",
     )
-    b.add_argument(
-        "--image-workers", type=int, default=1, help="processes decoding product images"
-    )
+    b.add_argument("--image-workers", type=int, default=1, help="processes decoding product images")
     _common(b)
     b.set_defaults(func=build_command)
 
