@@ -130,20 +130,23 @@ class MakeEncoder:
         global _worker_transform
         _worker_transform = self._pixels_or_error
         context = multiprocessing.get_context("fork")
-        with context.Pool(self.image_workers, initializer=_worker_init) as pool:
-            batches = chunks(products, batch_size)
-            chunk = next(batches, None)
-            pending = pool.map_async(_worker_pixels, chunk) if chunk else None
-            while chunk:
-                loaded = pending.get()
-                following = next(batches, None)
-                pending = pool.map_async(_worker_pixels, following) if following else None
-                for product, (_, error) in zip(chunk, loaded):
-                    if error is not None:
-                        on_error(product, error)
-                pixels = torch.from_numpy(np.stack([array for array, _ in loaded]))
-                yield chunk, pixels.contiguous(memory_format=torch.channels_last)
-                chunk = following
+        try:
+            with context.Pool(self.image_workers, initializer=_worker_init) as pool:
+                batches = chunks(products, batch_size)
+                chunk = next(batches, None)
+                pending = pool.map_async(_worker_pixels, chunk) if chunk else None
+                while chunk:
+                    loaded = pending.get()
+                    following = next(batches, None)
+                    pending = pool.map_async(_worker_pixels, following) if following else None
+                    for product, (_, error) in zip(chunk, loaded):
+                        if error is not None:
+                            on_error(product, error)
+                    pixels = torch.from_numpy(np.stack([array for array, _ in loaded]))
+                    yield chunk, pixels.contiguous(memory_format=torch.channels_last)
+                    chunk = following
+        finally:
+            _worker_transform = None  # the model is not kept alive by it
 
     # --------------------------------------------------------------------- encoding
 
