@@ -259,10 +259,9 @@ def build_index(
         image_roots: set[str] = set()
         try:
             if world == 1:
-                if getattr(encoder, "model", None) is not None:  # a MAKE model
-                    catalog, encoder, product_runtimes = _product_encoder(
-                        catalog, encoder, version, product_runtime, image_workers
-                    )
+                catalog, encoder, product_runtimes = _product_encoder(
+                    catalog, encoder, version, product_runtime, image_workers
+                )
                 chunks = _encoded_chunks(catalog, encoder, report, chunk_size, batch_size)
             with bar:
                 for chunk in chunks:
@@ -322,10 +321,12 @@ def _product_encoder(
     runtime: str,
     image_workers: int,
 ) -> tuple[Iterable[Product | RowError], Encoder, dict[str, Any]]:
-    """``(catalog, encoder, product_runtimes)`` for a MAKE model's ``encoder``: the encoder
-    to build with (the compiled product side if it passes parity on the first products,
-    else torch) and the manifest entry of its runtime; ``catalog`` is the same stream, its
-    first items read ahead."""
+    """``(catalog, encoder, product_runtimes)``: the encoder to build with (for a MAKE model,
+    its compiled product side if it passes parity on the first products, else torch; any
+    other encoder as given) and the manifest entry of its runtime; ``catalog`` is the same
+    stream, its first items read ahead."""
+    if getattr(encoder, "model", None) is None:  # not a MAKE model (and no torch import)
+        return catalog, encoder, {}
     from makevl.index.product_runtime import (
         PARITY_PRODUCTS,
         PRODUCT_RUNTIME,
@@ -334,6 +335,8 @@ def _product_encoder(
     from makevl.index.runtime import onnx_available
     from makevl.models.inference import MakeEncoder
 
+    if type(encoder) is not MakeEncoder:  # e.g. one already compiled
+        return catalog, encoder, {}
     torch_encoder = MakeEncoder(encoder.model, encoder.keywords, image_workers)
     if runtime == "torch":
         return catalog, torch_encoder, {}
