@@ -61,6 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["HNSW", "IVF_FLAT", "FLAT", "AUTOINDEX"],
         help="Milvus: index type at or above the exact threshold (default HNSW)",
     )
+    b.add_argument(
+        "--product-runtime",
+        choices=["onnx", "torch"],
+        default="onnx",
+        help="run the model's product side through ONNX Runtime if it matches torch "
+        "(parity-checked, recorded in the manifest; torch without onnxruntime), or torch",
+    )
+    b.add_argument("--image-workers", type=int, default=1, help="processes decoding product images")
     _common(b)
     b.set_defaults(func=build_command)
 
@@ -167,6 +175,8 @@ def build_command(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 progress=not args.quiet,
                 backend_name=args.backend,
+                product_runtime=args.product_runtime,
+                image_workers=args.image_workers,
                 **_backend_options(args),
             ),
             show=ranks is None or ranks.is_main,

@@ -80,6 +80,8 @@ def build_from_catalog(
     batch_size: int = 64,
     progress: bool = True,
     backend_name: str = DEFAULT_BACKEND,
+    product_runtime: str = "onnx",
+    image_workers: int = 1,
     **backend_options: Any,
 ) -> BuildReport:
     """Encode a catalog with a checkpoint (or the hashing encoder) into a new index at ``out``.
@@ -114,6 +116,8 @@ def build_from_catalog(
         batch_size=batch_size,
         total=total,
         progress=progress,
+        product_runtime=product_runtime,
+        image_workers=image_workers,
         **backend_options,
     )
 

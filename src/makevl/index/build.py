@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import shutil
 import time
 from collections.abc import Iterable, Iterator
@@ -56,8 +57,11 @@ from makevl.index.store import (
     writer_lock,
 )
 
+log = logging.getLogger(__name__)
+
 # The product columns a vector backend may store beside the vectors (see VectorBackend.upsert).
 BACKEND_FIELDS = ["id", "attributes", "modality_weights"]
+PRODUCT_RUNTIMES = ("onnx", "torch")  # how build_index runs a MAKE model's product side
 
 
 @dataclass
@@ -211,6 +215,8 @@ def build_index(
     batch_size: int = 64,
     total: int | None = None,
     progress: bool = True,
+    product_runtime: str = "onnx",
+    image_workers: int = 1,
     **backend_options: Any,
 ) -> BuildReport:
     """Encode a catalog and write a new index at ``index_dir`` (replacing one there atomically).
@@ -219,18 +225,27 @@ def build_index(
     mapping, reused by later updates) are recorded in the manifest;
     ``backend_options`` go to the vector backend (FAISS: ``factory``,
     ``exact_threshold``; Milvus: ``uri``, ``collection_prefix``, ...).
-    Under ``torchrun`` every rank encodes its share of the catalog and rank 0
-    writes the index (:mod:`makevl.index.sharding`); the other ranks return an
-    empty report.
+    With ``product_runtime="onnx"`` a MAKE model's product side is compiled
+    for ONNX Runtime and used if it passes the parity gate
+    (:mod:`makevl.index.product_runtime`); ``"torch"`` encodes in torch.
+    ``image_workers`` processes decode a MAKE model's product images.
+    Under ``torchrun`` every rank encodes its share of the catalog in torch and
+    rank 0 writes the index (:mod:`makevl.index.sharding`); the other ranks
+    return an empty report.
     """
+    if product_runtime not in PRODUCT_RUNTIMES:
+        raise ValueError(
+            f"unknown product runtime {product_runtime!r}; expected {PRODUCT_RUNTIMES}"
+        )
     start = time.perf_counter()
     index_dir = Path(index_dir)
     report = BuildReport(index_dir)
     check_replaceable(index_dir)
     rank, world = process_share()
     bar = tqdm(total=total, unit="product", desc="encoding", disable=not progress or rank > 0)
-    chunks = _encoded_chunks(catalog, encoder, report, chunk_size, batch_size, (rank, world))
+    product_runtimes: dict[str, Any] = {}
     if world > 1:
+        chunks = _encoded_chunks(catalog, encoder, report, chunk_size, batch_size, (rank, world))
         to_rank_gpu(encoder)
         with bar:
             payloads = gather_to_rank0(_packed_share(chunks, bar, report))
@@ -243,6 +258,11 @@ def build_index(
         lexical_parts: list[LexicalIndex] = []
         image_roots: set[str] = set()
         try:
+            if world == 1:
+                catalog, encoder, product_runtimes = _product_encoder(
+                    catalog, encoder, version, product_runtime, image_workers
+                )
+                chunks = _encoded_chunks(catalog, encoder, report, chunk_size, batch_size)
             with bar:
                 for chunk in chunks:
                     bar.update(chunk.rows_read)
@@ -277,6 +297,7 @@ def build_index(
                 "next_id": next_id,
                 "metric": "inner_product",
                 "image_roots": sorted(image_roots),
+                "product_runtimes": product_runtimes,
                 "created": now,
                 "updated": now,
             }
@@ -291,6 +312,47 @@ def build_index(
     report.index_type = backend.index_type
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _product_encoder(
+    catalog: Iterable[Product | RowError],
+    encoder: Encoder,
+    version: Path,
+    runtime: str,
+    image_workers: int,
+) -> tuple[Iterable[Product | RowError], Encoder, dict[str, Any]]:
+    """``(catalog, encoder, product_runtimes)``: the encoder to build with (for a MAKE model,
+    its compiled product side if it passes parity on the first products, else torch; any
+    other encoder as given) and the manifest entry of its runtime; ``catalog`` is the same
+    stream, its first items read ahead."""
+    if getattr(encoder, "model", None) is None:  # not a MAKE model (and no torch import)
+        return catalog, encoder, {}
+    from makevl.index.product_runtime import (
+        PARITY_PRODUCTS,
+        PRODUCT_RUNTIME,
+        compile_product_encoder,
+    )
+    from makevl.index.runtime import onnx_available
+    from makevl.models.inference import MakeEncoder
+
+    if type(encoder) is not MakeEncoder:  # e.g. one already compiled
+        return catalog, encoder, {}
+    torch_encoder = MakeEncoder(encoder.model, encoder.keywords, image_workers)
+    if runtime == "torch":
+        return catalog, torch_encoder, {}
+    if not onnx_available():
+        log.warning("onnxruntime is not installed; the catalog is encoded in torch")
+        return catalog, torch_encoder, {}
+    catalog = iter(catalog)
+    ahead = list(itertools.islice(catalog, PARITY_PRODUCTS))
+    sample = [item for item in ahead if isinstance(item, Product)]
+    catalog = itertools.chain(ahead, catalog)
+    if not sample:
+        return catalog, torch_encoder, {}
+    fast, entry = compile_product_encoder(encoder, version, sample, image_workers)
+    if entry is None:
+        return catalog, torch_encoder, {}
+    return catalog, fast, {PRODUCT_RUNTIME: entry}
 
 
 @dataclass
@@ -311,7 +373,7 @@ def _encoded_chunks(
     report: BuildReport,
     chunk_size: int,
     batch_size: int,
-    share: tuple[int, int],
+    share: tuple[int, int] = (0, 1),
 ) -> Iterator[_Encoded]:
     for products, vectors, weights, positions, read in encode_stream(
         catalog, encoder, report, chunk_size, batch_size, share
@@ -393,6 +455,9 @@ def update_index(
             if manifest["encoder"].get("type") == "checkpoint":  # carried to the new version
                 store_model(model_folder(manifest["encoder"], stored.path), version,
                             manifest["model_hash"])  # fmt: skip
+                from makevl.index.product_runtime import carry_product_runtime
+
+                carry_product_runtime(stored.path, version, manifest)
             products, vectors_new, weights_new = _encode_new(
                 add, manifest, encoder, model_hash, report, chunk_size, batch_size, progress
             )
@@ -456,7 +521,10 @@ def _encode_new(
     if first is None:  # nothing to add: no need to load a model
         return products, vectors[0], weights[0]
     if encoder is None:
+        from makevl.index.product_runtime import load_product_encoder
+
         encoder, model_hash = encoder_from_manifest(manifest, report.index_dir)
+        encoder = load_product_encoder(report.index_dir, manifest, encoder)
     else:
         model_hash = model_hash or getattr(encoder, "model_hash", None)
     check_model(manifest, model_hash, report.index_dir)

@@ -1,9 +1,18 @@
-"""The query side of a :class:`MakeModel` as one ONNX graph: token ids in, unit query out.
+"""The two sides of a :class:`MakeModel` as ONNX graphs, for ONNX Runtime.
+
+Query side: token ids in, unit query out.
 
 Everything between the tokenizer and the vector searched with is in the graph:
 the query text tower, its masked-mean pooling, the projection and the keyword
 memory (Keyword Enhancement). Constant folding normalises the keyword table
 once, at export, instead of once per query.
+
+Product side: title token ids and pixels in, the title and image towers'
+outputs out (``MakeModel.encode_title`` and ``encode_image`` as configured, any
+pooled image stages included, so a change to those forwards carries over).
+They are most of the cost; the fusion layers and Modal Adaptation run after
+them in torch (``encode_product`` with cached tower outputs), because torch's
+TorchScript exporter fixes the sequence length of ``nn.MultiheadAttention``.
 
 :func:`quantize_int8` makes the int8 variant (onnxruntime dynamic quantization,
 per-channel weights). Whether a file may be served is decided by the parity
@@ -24,6 +33,10 @@ from makevl.models.make import MakeModel
 
 QUERY_INPUTS = ("input_ids", "attention_mask")  # int64 [batch, tokens]
 QUERY_OUTPUT = "query"  # float32 [batch, embed_dim], unit norm
+PRODUCT_INPUTS = ("title_input_ids", "title_attention_mask", "pixel_values")
+# float32, as MakeModel.encode_title / encode_image give them: [batch, tokens, width] and
+# [batch, width]; they are encode_product's cached-tower inputs
+PRODUCT_OUTPUTS = ("title_tokens", "title_pooled", "image_tokens", "image_pooled")
 OPSET = 17
 
 
@@ -71,6 +84,63 @@ def export_query_tower(model: MakeModel, path: str | Path) -> Path:
                     "input_ids": {0: "batch", 1: "tokens"},
                     "attention_mask": {0: "batch", 1: "tokens"},
                     QUERY_OUTPUT: {0: "batch"},
+                },
+            )
+    finally:
+        model.train(was_training)
+    return path
+
+
+class ProductTowers(nn.Module):
+    """The title and image towers of ``MakeModel.encode_product``, as one module."""
+
+    def __init__(self, model: MakeModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        title_tokens, title_pooled = self.model.encode_title(input_ids, attention_mask)
+        image_tokens, image_pooled = self.model.encode_image(pixel_values)
+        return title_tokens, title_pooled, image_tokens, image_pooled
+
+
+def export_product_towers(model: MakeModel, path: str | Path) -> Path:
+    """Write the title and image towers of ``model`` (in eval mode) to ``path`` as ONNX, fp32.
+
+    Batch size and title length are dynamic; the image size is the model's.
+    """
+    path = Path(path)
+    titles = model.title_encoder.tokenizer(
+        ["a product title to trace, long enough", "two"],
+        padding=True,
+        return_tensors="pt",
+        truncation=True,
+        max_length=model.max_title_tokens,
+    )
+    pixels = torch.zeros(2, 3, model.image_size, model.image_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings, as for the query tower
+            torch.onnx.export(
+                ProductTowers(model),
+                (titles["input_ids"], titles["attention_mask"], pixels),
+                str(path),
+                dynamo=False,
+                input_names=list(PRODUCT_INPUTS),
+                output_names=list(PRODUCT_OUTPUTS),
+                opset_version=OPSET,
+                dynamic_axes={
+                    "title_input_ids": {0: "batch", 1: "tokens"},
+                    "title_attention_mask": {0: "batch", 1: "tokens"},
+                    "pixel_values": {0: "batch"},
+                    "title_tokens": {0: "batch", 1: "tokens"},
+                    "title_pooled": {0: "batch"},
+                    "image_tokens": {0: "batch"},
+                    "image_pooled": {0: "batch"},
                 },
             )
     finally:

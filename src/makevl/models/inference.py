@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
@@ -57,6 +58,21 @@ def chunks(items: Iterable[Product], size: int) -> Iterator[list[Product]]:
         yield chunk
 
 
+# The image transform of the pool's parent process; forked workers inherit it.
+_worker_transform: Callable[[Product], tuple[torch.Tensor, Exception | None]] | None = None
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # the parent's thread pool does not survive a fork
+
+
+def _worker_pixels(product: Product) -> tuple[np.ndarray, Exception | None]:
+    pixels, error = _worker_transform(product)
+    if error is not None and not isinstance(error, OSError):
+        error = ValueError(str(error))  # ImageError does not unpickle; its message does
+    return pixels.numpy(), error
+
+
 class MakeEncoder:
     """A :class:`MakeModel` with its preprocessing: texts and products in, numpy out.
 
@@ -64,9 +80,13 @@ class MakeEncoder:
     keyword vocabulary (the checkpoint's), needed only by :meth:`query_keywords`.
     """
 
-    def __init__(self, model: MakeModel, keywords: list[str] | None = None) -> None:
+    def __init__(
+        self, model: MakeModel, keywords: list[str] | None = None, image_workers: int = 0
+    ) -> None:
         self.model = model
         self.keywords = keywords
+        # Processes that decode and resize product images while the model runs (0: none).
+        self.image_workers = image_workers
 
     # ---------------------------------------------------------------- preprocessing
 
@@ -84,13 +104,49 @@ class MakeEncoder:
 
     def product_pixels(self, product: Product, on_error: OnError) -> torch.Tensor:
         """The product's image as pixels; blank gray (reported) when it cannot be used."""
+        pixels, error = self._pixels_or_error(product)
+        if error is not None:
+            on_error(product, error)
+        return pixels
+
+    def _pixels_or_error(self, product: Product) -> tuple[torch.Tensor, Exception | None]:
         try:
-            image = load_image(product.image)
+            return self.image_transform(load_image(product.image)), None
         except (ImageError, OSError) as exc:
-            on_error(product, exc)
             size = self.model.image_size
-            image = Image.new("RGB", (size, size), BLANK_GRAY)
-        return self.image_transform(image)
+            return self.image_transform(Image.new("RGB", (size, size), BLANK_GRAY)), exc
+
+    def _pixel_batches(
+        self, products: Iterable[Product], batch_size: int, on_error: OnError
+    ) -> Iterator[tuple[list[Product], torch.Tensor]]:
+        """``(products, pixels [B, 3, S, S])`` per batch, channels-last (faster convolutions
+        on CPU). With ``image_workers`` the next batch is decoded while this one is encoded;
+        the workers are forked, so they share the parent's transform without pickling it."""
+        if self.image_workers <= 0:
+            for chunk in chunks(products, batch_size):
+                pixels = torch.stack([self.product_pixels(p, on_error) for p in chunk])
+                yield chunk, pixels.contiguous(memory_format=torch.channels_last)
+            return
+        global _worker_transform
+        _worker_transform = self._pixels_or_error
+        context = multiprocessing.get_context("fork")
+        try:
+            with context.Pool(self.image_workers, initializer=_worker_init) as pool:
+                batches = chunks(products, batch_size)
+                chunk = next(batches, None)
+                pending = pool.map_async(_worker_pixels, chunk) if chunk else None
+                while chunk:
+                    loaded = pending.get()
+                    following = next(batches, None)
+                    pending = pool.map_async(_worker_pixels, following) if following else None
+                    for product, (_, error) in zip(chunk, loaded):
+                        if error is not None:
+                            on_error(product, error)
+                    pixels = torch.from_numpy(np.stack([array for array, _ in loaded]))
+                    yield chunk, pixels.contiguous(memory_format=torch.channels_last)
+                    chunk = following
+        finally:
+            _worker_transform = None  # the model is not kept alive by it
 
     # --------------------------------------------------------------------- encoding
 
@@ -175,16 +231,11 @@ class MakeEncoder:
         was_training = model.training
         model.eval()
         try:
-            for chunk in chunks(products, batch_size):
+            for chunk, pixels in self._pixel_batches(products, batch_size, on_error):
                 titles = self.tokenize_titles([p.title for p in chunk])
-                pixels = torch.stack([self.product_pixels(p, on_error) for p in chunk])
-                out = model.encode_product(
-                    titles["input_ids"].to(model.device),
-                    titles["attention_mask"].to(model.device),
-                    pixel_values=pixels.to(model.device),
-                )
+                out = self._product_outputs(titles, pixels)
                 for key in keys:
-                    parts[key].append(out[key].float().cpu().numpy())
+                    parts[key].append(out[key])
                 ids.extend(p.id for p in chunk)
         finally:
             model.train(was_training)
@@ -193,3 +244,16 @@ class MakeEncoder:
             width = len(BRANCHES) if key == "modality_weights" else model.embed_dim
             arrays[key] = np.concatenate(rows) if rows else np.zeros((0, width), np.float32)
         return arrays, ids
+
+    def _product_outputs(
+        self, titles: dict[str, torch.Tensor], pixels: torch.Tensor
+    ) -> dict[str, np.ndarray]:
+        """One batch through the product side: ``MakeModel.encode_product``'s outputs as
+        float32 numpy. A compiled runtime overrides this (see makevl.index.product_runtime)."""
+        model = self.model
+        out = model.encode_product(
+            titles["input_ids"].to(model.device),
+            titles["attention_mask"].to(model.device),
+            pixel_values=pixels.to(model.device),
+        )
+        return {key: value.float().cpu().numpy() for key, value in out.items()}
