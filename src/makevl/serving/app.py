@@ -532,6 +532,7 @@ def create_app(
             "dim": searcher.dim,
             "index_type": searcher.manifest.get("index_type"),
             "model_hash": searcher.model_hash,
+            "runtime": searcher.runtime,  # the query tower's: torch, onnx-fp32 or onnx-int8
             "index_version": index_version(searcher),
             "reload_error": live.error,  # why a newer published version is not served
             "queue_depth": batcher.depth,
