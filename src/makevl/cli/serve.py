@@ -1,8 +1,9 @@
 """``makevl serve DIR``: the search API and web page over one index (uvicorn).
 
 Concurrent searches are batched by one worker (``--max-batch``, ``--max-wait-ms``,
-``--queue-size``, ``--deadline-ms``, ``--threads``), and a new index version
-published at ``DIR`` is picked up within ``--reload-s`` seconds.
+``--queue-size``, ``--deadline-ms``, ``--threads``) that encodes and searches in a
+process of its own (``--worker``), and a new index version published at ``DIR``
+is picked up within ``--reload-s`` seconds.
 """
 
 from __future__ import annotations
@@ -98,6 +99,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"left for HTTP: {default_threads()})",
     )
     p.add_argument(
+        "--worker",
+        choices=["process", "thread"],
+        default="process",
+        help="where the query tower and the vector search run: a worker process (default: "
+        "the HTTP event loop keeps the GIL to itself) or a thread of the server process",
+    )
+    p.add_argument(
         "--reload-s",
         type=float,
         default=1.0,
@@ -122,6 +130,7 @@ def serve_command(args: argparse.Namespace) -> int:
             queue_size=args.queue_size,
             deadline_ms=args.deadline_ms,
             threads=args.threads,
+            process=args.worker == "process",
         )
         runtime = RUNTIME_FLAGS[args.runtime]
         searcher = Searcher(args.index_dir, checkpoint=args.checkpoint, runtime=runtime)
