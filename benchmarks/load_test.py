@@ -8,15 +8,18 @@ the same index and encoder do offline, in batches of --offline-batch queries
 server shedding load: its queue was full or a search waited past its deadline)
 are counted apart, with the server's reasons; any other error (another status
 or a failed request) makes the exit status 1. Also printed: the server's
-batch sizes (from ``/metrics``) and the machine's load average, since other
-work on the machine skews every figure.
+batch sizes (from ``/metrics``), the CPU time each request cost the client,
+the HTTP process and the search worker process (what bounds requests/s on a
+machine whose cores they share, whatever else runs on it), and the machine's
+load average, since other work on the machine skews every figure.
 
     python benchmarks/load_test.py                       # fashion-mini, hashing encoder
-    python benchmarks/load_test.py --index runs/demo/index --clients 50 --seconds 20
+    python benchmarks/load_test.py --index runs/fm/index --clients 50 --seconds 20
 
 Without --index a temporary index of the fashion-mini catalog is built with
 the model-free hashing encoder, so the figures measure the server and the
-index, not a neural query tower (pass an index built from a checkpoint for that).
+index, not a neural query tower (pass an index built from a checkpoint for
+that; ``makevl export`` it first to serve the ONNX query tower).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import asyncio
 import os
 import random
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -70,13 +74,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def offline_rate(index: Path, batch: int, seconds: float, k: int, threads: int) -> float:
+def offline_rate(
+    index: Path, batch: int, seconds: float, k: int, threads: int, runtime: str
+) -> tuple[float, str]:
     """Queries/s of ``Searcher.search`` over batches of ``batch`` queries, in this process,
-    on as many threads as the server's search worker."""
+    on as many threads as the server's search worker, and the query runtime it used."""
+    from makevl.index.runtime import RUNTIME_FLAGS
     from makevl.index.search import Searcher
     from makevl.serving.batching import pin_threads
 
-    searcher = Searcher(index)
+    searcher = Searcher(index, runtime=RUNTIME_FLAGS[runtime])
     pin_threads(threads)
     queries = [QUERIES[i % len(QUERIES)] for i in range(batch)]
     searcher.search(queries, k)  # warm up
@@ -84,7 +91,30 @@ def offline_rate(index: Path, batch: int, seconds: float, k: int, threads: int) 
     while time.perf_counter() - start < seconds:
         searcher.search(queries, k)
         done += batch
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), searcher.runtime
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started (the server's search worker)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return children
+
+
+def client_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def start_server(index: Path, serve_args: list[str]) -> tuple[subprocess.Popen, str]:
@@ -147,8 +177,10 @@ async def client_loop(
 
 
 async def run_load(
-    url: str, clients: int, seconds: float, k: int
-) -> tuple[list[float], list[str], list[str], float]:
+    url: str, clients: int, seconds: float, k: int, server_pid: int | None
+) -> tuple[list[float], list[str], list[str], float, dict[str, float]]:
+    """Latencies, 503 answers, errors, seconds, and CPU seconds used meanwhile by
+    the client, the HTTP process and its search process (when the server was started here)."""
     latencies: list[float] = []
     shed: list[str] = []
     errors: list[str] = []
@@ -157,13 +189,24 @@ async def run_load(
         base_url=url, limits=limits, timeout=30, trust_env=False
     ) as client:
         await client.get("/search", params={"q": "warm up", "k": k})
+        processes = {"client": None}
+        if server_pid is not None:
+            processes["HTTP process"] = server_pid
+            for child in child_pids(server_pid):
+                processes["search process"] = child
+        cpu = {name: cpu_now(pid) for name, pid in processes.items()}
         start = time.perf_counter()
         deadline = start + seconds
         await asyncio.gather(
             *(client_loop(client, deadline, k, i, latencies, shed, errors) for i in range(clients))
         )
         elapsed = time.perf_counter() - start
-    return latencies, shed, errors, elapsed
+        cpu = {name: cpu_now(pid) - cpu[name] for name, pid in processes.items()}
+    return latencies, shed, errors, elapsed, cpu
+
+
+def cpu_now(pid: int | None) -> float:
+    return client_cpu_seconds() if pid is None else cpu_seconds(pid)
 
 
 def metric(text: str, name: str) -> dict[str, float]:
@@ -188,6 +231,18 @@ def main() -> int:
         "--offline-seconds", type=float, default=5.0, help="offline measurement (0: skip)"
     )
     parser.add_argument(
+        "--runtime",
+        default="auto",
+        choices=["auto", "torch", "onnx", "onnx-int8"],
+        help="`makevl serve --runtime`, also used offline (default auto)",
+    )
+    parser.add_argument(
+        "--worker",
+        default="process",
+        choices=["process", "thread"],
+        help="`makevl serve --worker` (default process)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=default_threads(),
@@ -200,7 +255,15 @@ def main() -> int:
         parser.error("keep it bounded: 1..200 clients, at most 120 seconds")
     serve_args = [
         item
-        for flag in ("threads", "max_batch", "max_wait_ms", "queue_size", "deadline_ms")
+        for flag in (
+            "runtime",
+            "worker",
+            "threads",
+            "max_batch",
+            "max_wait_ms",
+            "queue_size",
+            "deadline_ms",
+        )
         if getattr(args, flag) is not None
         for item in (f"--{flag.replace('_', '-')}", str(getattr(args, flag)))
     ]
@@ -217,14 +280,15 @@ def main() -> int:
         else:
             index = Path(args.index) if args.index else build_demo_index(Path(tmp))
         if index is not None and args.offline_seconds > 0:
-            offline = offline_rate(
-                index, args.offline_batch, args.offline_seconds, args.k, args.threads
+            offline, offline_runtime = offline_rate(
+                index, args.offline_batch, args.offline_seconds, args.k, args.threads, args.runtime
             )
         if not args.url:
             process, url = start_server(index, serve_args)
         try:
-            latencies, shed, errors, elapsed = asyncio.run(
-                run_load(url, args.clients, args.seconds, args.k)
+            server_pid = process.pid if process is not None else None
+            latencies, shed, errors, elapsed, cpu = asyncio.run(
+                run_load(url, args.clients, args.seconds, args.k, server_pid)
             )
             with httpx.Client(trust_env=False) as client:
                 health = client.get(url + "/healthz", timeout=5).json()
@@ -240,7 +304,10 @@ def main() -> int:
     rate = len(latencies) / elapsed
     model = health["model_hash"]
     model = model[:16] + "..." if len(model) == 64 else model  # a SHA-256, or an encoder name
-    print(f"index: {health['products']} products ({health['index_type']}, model {model})")
+    print(
+        f"index: {health['products']} products ({health['index_type']}, model {model}, "
+        f"{health['runtime']} query tower, worker {args.worker})"
+    )
     print(
         f"{args.clients} clients x {elapsed:.1f} s on {url}: {total} requests, "
         f"{len(shed)} shed (503), {len(errors)} errors"
@@ -251,8 +318,8 @@ def main() -> int:
     )
     if offline is not None:
         print(
-            f"offline, batches of {args.offline_batch} on {args.threads} threads: "
-            f"{offline:.1f} queries/s; "
+            f"served {rate:.1f} requests/s | offline ({offline_runtime}, batches of "
+            f"{args.offline_batch} on {args.threads} threads) {offline:.1f} queries/s | "
             f"served/offline {rate / offline:.0%}"
         )
     served = metric(metrics, "makevl_request_duration_seconds_sum")['{route="/search"}']
@@ -265,6 +332,15 @@ def main() -> int:
             f"server: {int(calls[''])} encoder calls, {sizes[''] / calls['']:.1f} queries "
             "per call on average"
         )
+    answered = max(1, total)
+    per_request = {name: seconds * 1000 / answered for name, seconds in cpu.items()}
+    print(
+        "CPU ms per request: "
+        + ", ".join(f"{name} {ms:.2f}" for name, ms in per_request.items())
+        + f"; all together {sum(per_request.values()):.2f} ms: at most "
+        f"{os.cpu_count() * 1000 / sum(per_request.values()):.0f} requests/s on "
+        f"{os.cpu_count()} cores with nothing else running"
+    )
     reasons = metric(metrics, "makevl_shed_total")
     if shed:
         print(
