@@ -199,9 +199,13 @@ def main(argv: list[str]) -> int:
     versions = _Versions(config["options"], config["threads"])
     while (message := receive(requests)) is not None:
         try:
-            send(answers, {"result": versions.answer(message)})
+            answer = {"result": versions.answer(message)}
         except Exception as exc:  # noqa: BLE001 - reported to the HTTP process
-            send(answers, {"error": type(exc).__name__, "message": str(exc)})
+            answer = {"error": type(exc).__name__, "message": str(exc)}
+        try:
+            send(answers, answer)
+        except BrokenPipeError:
+            return 0  # the HTTP process has gone: nobody to answer
     return 0
 
 
