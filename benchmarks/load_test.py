@@ -342,8 +342,12 @@ def main() -> int:
                 metrics = client.get(url + "/metrics", timeout=5).text
         finally:
             if process is not None:
-                process.terminate()
-                process.wait(timeout=15)
+                process.terminate()  # graceful: open connections get up to 10 s
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()  # its search process exits when its input closes
+                    process.wait()
     load_after = os.getloadavg()
 
     ms = np.asarray(latencies) * 1000 if latencies else np.zeros(1)

@@ -46,7 +46,6 @@ log = logging.getLogger("makevl.serving")
 FRAME = struct.Struct("<I")  # message length in bytes
 # Errors the child reports that the app answers as the client's fault (422); others are 500s.
 CLIENT_ERRORS = {cls.__name__: cls for cls in (UnknownFilterError, NoLexicalChannelError)}
-START_TIMEOUT_S = 600  # loading a large index and its model on a busy machine
 
 
 class WorkerError(RuntimeError):
@@ -97,7 +96,12 @@ class SearchProcess:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
-        self.load(first)  # also waits until the child is up
+        try:
+            self.load(first)  # also waits until the child is up
+        except BaseException:
+            self._process.kill()
+            self._process.wait()
+            raise
 
     def load(self, searcher: Searcher) -> None:
         """Have the child load ``searcher``'s version (before the server serves it)."""
@@ -116,8 +120,7 @@ class SearchProcess:
             **options,
             "fusion": asdict(fusion) if fusion is not None else None,
         }
-        ranked = self._call(message)
-        return searcher.hits([[(int(row), score) for row, score in found] for found in ranked])
+        return searcher.hits(self._call(message))  # [row, score] pairs
 
     @property
     def running(self) -> bool:
