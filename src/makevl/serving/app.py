@@ -369,6 +369,7 @@ def create_app(
         live.close()
         batcher.close()
         if batching.process:
+            live.prepare = None
             process.close()
 
     app = FastAPI(
