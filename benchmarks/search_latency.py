@@ -1,23 +1,31 @@
-"""Query latency and recall of the product index from 1k to 1M products.
+"""Query latency, text in -> top-10 out, from 10k to 1M products, per query runtime.
 
 For each catalog size: synthetic product vectors (unit vectors near a random
 32-dim subspace: neither uniform noise nor clean clusters; see embedding_like),
-indexed exactly (Flat) and approximately (HNSW32 up to 100k, IVF at 100k and
-1M) through makevl's own FAISS vector backend with the Searcher's search
-settings (efSearch 128, nprobe 64), plus a sweep of those settings. Reported per index: build products/s, search-only p50/p99 latency and
-queries/s for one query at a time (as the server runs them), ANN recall@10
-against exact, and end to end "text in, top-10 out" p50/p99: the query tower
-encodes the text, then the index is searched (with a synthetic query vector
-from the product distribution, so recall stays meaningful).
+indexed exactly (Flat, the ground truth) and with HNSW32 (efSearch 128; 256 at
+1M) through makevl's own FAISS vector backend, plus an efSearch sweep.
+Reported per index: build products/s, search-only p50/p99 for one query at a
+time (as the server runs them), ANN recall@10 against exact, and end to end
+p50/p99 for each query runtime side by side: the query tower encodes the text,
+then the index is searched (with a synthetic query vector from the product
+distribution, so recall stays meaningful).
 
-    python benchmarks/search_latency.py            # 1k, 10k, 100k, 1M (~6-10 min on 2 cores)
-    python benchmarks/search_latency.py --quick    # 1k, 10k (~1 min)
-    python benchmarks/search_latency.py --checkpoint runs/x/best   # a trained query tower
+The query tower is MAKE's whole query side (MiniLM-L6 text tower, projection,
+keyword memory): ``--checkpoint`` (a trained one), else built untrained from
+the bundled ``demo-pretrained`` config (the same cost). It runs in torch, and
+exported to ONNX (fp32, and int8: dynamic per-channel quantization of every
+weight layer) as ``makevl export`` does; each ONNX runtime's parity with torch
+(cosine; top-10 overlap on the exact index of each size) is checked against
+the gate of ``makevl export``.
+
+``--index DIR`` (an index built from a checkpoint, ``makevl export``-ed) adds
+the per-query overhead of ``Searcher.search`` around the tower: its p50 beside
+the tower alone plus the vector search alone, for each runtime the index has.
+
+    python benchmarks/search_latency.py --checkpoint runs/fm/last --index runs/fm/index
+    python benchmarks/search_latency.py --sizes 10000,100000     # fewer sizes
     python benchmarks/search_latency.py --sizes 10000,100000 --milvus --encoder hashing
-        # Milvus Lite (exact FLAT and HNSW) beside FAISS Flat (~3 min)
-
-Without --checkpoint the query tower is all-MiniLM-L6-v2 (the default MAKE text
-backbone, loaded offline) plus a random projection to --dim.
+        # Milvus Lite (exact FLAT and HNSW) beside FAISS, model-free encoder
 """
 
 from __future__ import annotations
@@ -74,41 +82,63 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     }
 
 
-class MiniLMQueryTower:
-    """all-MiniLM-L6-v2 + a random projection to ``dim``: the cost of MAKE's query tower."""
+def parity_queries(limit: int) -> list[str]:
+    """fashion-mini's generated queries when the dataset is on disk, else the sample queries."""
+    from makevl.data.fashion_mini import build_query_specs, load_fashion_mini
+    from makevl.data.presets import fashion_mini_dir
 
-    def __init__(self, dim: int) -> None:
-        from makevl.evaluation.baselines import MiniLMEncoder
-
-        self.encoder = MiniLMEncoder(batch_size=1)
-        hidden = self.encoder.tower.hidden_size
-        self.projection = np.random.default_rng(0).standard_normal((hidden, dim)).astype(np.float32)
-
-    def encode_queries(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
-        v = self.encoder.encode(texts) @ self.projection
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
+    styles = fashion_mini_dir() / "styles.csv"
+    if not styles.is_file():
+        return list(QUERIES)
+    products, _, _ = load_fashion_mini(styles)
+    return [spec.text for spec in build_query_specs(products, max_queries=limit)][:limit]
 
 
-def load_tower(args: argparse.Namespace):
-    if args.checkpoint:
-        from makevl.index.encoders import load_checkpoint_encoder
-
-        model = load_checkpoint_encoder(args.checkpoint)[0]
-        return model, f"checkpoint {args.checkpoint}"
+def load_runtimes(args: argparse.Namespace, folder: Path) -> tuple[dict, str]:
+    """``{runtime name: query encoder}`` and a description of the tower."""
     if args.encoder == "hashing":
         from makevl.index.encoders import HashingEncoder
 
-        return HashingEncoder(args.dim), "hashing bag of words (no model)"
-    return MiniLMQueryTower(args.dim), "all-MiniLM-L6-v2 + projection"
+        return {"hashing": HashingEncoder(args.dim)}, "hashing bag of words (no model)"
+    import torch
+
+    from makevl.index.runtime import OnnxQueryEncoder, QueryTokenizer
+    from makevl.models.export import export_query_tower, quantize_int8
+    from makevl.models.inference import MakeEncoder
+
+    if args.checkpoint:
+        from makevl.models.checkpoint import load_checkpoint
+
+        model, name = load_checkpoint(args.checkpoint)[0], f"checkpoint {args.checkpoint}"
+    else:
+        from makevl.config import resolve_config
+        from makevl.models.make import MakeModel
+
+        cfg = resolve_config("demo-pretrained", [f"model.embed_dim={args.dim}"])
+        torch.manual_seed(0)
+        model = MakeModel.from_config(cfg, num_keywords=args.keywords).eval()
+        name = f"untrained demo-pretrained ({cfg.model.text_backbone} text tower)"
+    tokenizer = QueryTokenizer(model.query_encoder.tokenizer, model.max_query_tokens)
+    fp32 = export_query_tower(model, folder / "query_tower.onnx")
+    int8 = quantize_int8(fp32, folder / "query_tower.int8.onnx")
+    return {
+        "torch": MakeEncoder(model),
+        "onnx-fp32": OnnxQueryEncoder(fp32, tokenizer, args.threads),
+        "onnx-int8": OnnxQueryEncoder(int8, tokenizer, args.threads),
+    }, name
+
+
+def time_each(call, items) -> tuple[list[float], list]:
+    times, out = [], []
+    for item in items:
+        start = time.perf_counter()
+        out.append(call(item))
+        times.append(time.perf_counter() - start)
+    return times, out
 
 
 def time_searches(index, queries: np.ndarray, k: int) -> tuple[list[float], np.ndarray]:
-    times, found = [], []
-    for q in queries:
-        start = time.perf_counter()
-        _, ids = index.search(q[None], k)
-        times.append(time.perf_counter() - start)
-        found.append(ids[0])
+    times, found = time_each(lambda q: index.search(q[None], k)[1][0], queries)
     return times, np.array(found)
 
 
@@ -116,182 +146,264 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
 
 
-def build_backend(name: str, index_type: str, vectors: np.ndarray, folder: Path, args):
+def build_backend(name: str, index_type: str, vectors: np.ndarray, folder: Path, params: dict):
     """An index of ``vectors`` through makevl's backend seam, as `makevl index build` makes it."""
     dim = vectors.shape[1]
-    defaults = {"ef_search": args.ef_search, "nprobe": args.nprobe}
     if name == "faiss":
-        index = create_backend("faiss", dim, factory=index_type, exact_threshold=0, **defaults)
+        index = create_backend("faiss", dim, factory=index_type, exact_threshold=0, **params)
     else:  # Milvus Lite in this process, one database per index
-        version = folder / f"{index_type}-{len(vectors)}" / "version"
-        version.mkdir(parents=True)
+        version_dir = folder / f"{index_type}-{len(vectors)}" / "version"
+        version_dir.mkdir(parents=True)
         index = create_backend(
-            "milvus", dim, version, index_type=index_type, exact_threshold=0, **defaults
+            "milvus", dim, version_dir, index_type=index_type, exact_threshold=0, **params
         )
     index.upsert(np.arange(len(vectors), dtype=np.int64), vectors)
     if name == "milvus":
-        index.save(version)  # builds the Milvus index of its type and flushes
+        index.save(version_dir)  # builds the Milvus index of its type and flushes
     return index
 
 
-def bench_size(n: int, args, tower, texts: list[str], folder: Path) -> list[dict]:
+def runtime_parity(runtimes: dict, texts: list[str], index, k: int) -> dict[str, dict]:
+    """The parity gate of each ONNX runtime against torch, on this size's exact index."""
+    from makevl.index.runtime import PARITY_GATES, measure_parity
+
+    if "torch" not in runtimes:
+        return {}
+    reference = runtimes["torch"].encode_queries(texts)
+    out = {}
+    for name, runtime in runtimes.items():
+        if name in PARITY_GATES:
+            parity = measure_parity(reference, runtime.encode_queries(texts), index.search, k)
+            out[name] = {**parity.__dict__, "passes": parity.passes(PARITY_GATES[name])}
+    return out
+
+
+def end_to_end(tower, index, texts: list[str], queries: np.ndarray, k: int) -> dict[str, float]:
+    """Text in, top-k out: encode one query, search the index with one query vector."""
+    times = []
+    for i, vector in enumerate(queries):
+        start = time.perf_counter()
+        tower.encode_queries([texts[i % len(texts)]])
+        index.search(vector[None], k)
+        times.append(time.perf_counter() - start)
+    return percentiles(times)
+
+
+def bench_size(n: int, args, runtimes: dict, texts: list[str], folder: Path) -> list[dict]:
     dim, k = args.dim, 10
     basis = np.random.default_rng(1).standard_normal((args.rank, dim)).astype(np.float32)
     vectors = embedding_like(n, dim, basis, seed=2)
     queries = embedding_like(args.queries, dim, basis, seed=3)
-
-    plans = [("faiss", "Flat", {})]
-    if n <= 100_000:
-        plans.append(("faiss", "HNSW32", {"ef_search": args.ef_search}))
-    if n >= 100_000:
-        nlist = 1024 if n >= 1_000_000 else 256
-        plans.append(("faiss", f"IVF{nlist},Flat", {"nprobe": args.nprobe}))
+    ef_search = args.ef_search_1m if n >= 1_000_000 else args.ef_search
+    plans = [("faiss", "Flat", {}), ("faiss", "HNSW32", {"ef_search": ef_search})]
     if args.milvus:
-        plans += [("milvus", "FLAT", {}), ("milvus", "HNSW", {"ef_search": args.ef_search})]
-    sweeps = {"ef_search": [32, 64, 256], "nprobe": [8, 16, 32, 128]}  # speed/recall trade-off
-    defaults = {"ef_search": args.ef_search, "nprobe": args.nprobe}
+        plans += [("milvus", "FLAT", {}), ("milvus", "HNSW", {"ef_search": ef_search})]
 
     rows, truth = [], None
     for backend, factory, params in plans:
         faiss_backend.set_threads(os.cpu_count() or 1)  # builds use every core
         start = time.perf_counter()
-        index = build_backend(backend, factory, vectors, folder, args)
+        index = build_backend(backend, factory, vectors, folder, params)
         build_s = time.perf_counter() - start
         faiss_backend.set_threads(args.threads)  # one query per request, as the server runs them
         timed = queries if backend == "faiss" else queries[: args.milvus_queries]
         index.search(queries[:5], k)  # warm up
         times, found = time_searches(index, timed, k)
-        if truth is None:
-            truth = found  # Flat is exact
-        e2e = []
-        for i, q in enumerate(timed[: args.e2e_queries]):
-            start = time.perf_counter()
-            tower.encode_queries([texts[i % len(texts)]])
-            index.search(q[None], k)
-            e2e.append(time.perf_counter() - start)
         row = {
             "products": n,
             "backend": backend,
             "index": factory,
             "params": params,
-            "build_s": build_s,
             "build_products_per_s": n / build_s if build_s > 0 else float("inf"),
             "search": percentiles(times),
-            "recall@10": recall_at_k(found, truth[: len(found)]),
-            "end_to_end": percentiles(e2e),
         }
-        for name in params if backend == "faiss" else ():
+        if truth is None:
+            truth = found  # Flat is exact
+            row["parity"] = runtime_parity(runtimes, texts, index, k)
+        row["recall@10"] = recall_at_k(found, truth[: len(found)])
+        row["end_to_end"] = {
+            name: end_to_end(tower, index, texts, timed[: args.e2e_queries], k)
+            for name, tower in runtimes.items()
+        }
+        if backend == "faiss" and "ef_search" in params:
             row["sweep"] = []
-            for value in sweeps[name]:
-                index.set_search_params(**{**defaults, name: value})
+            for value in (32, 64, 128, 256):
+                index.set_search_params(ef_search=value, nprobe=index.nprobe)
                 times, found = time_searches(index, queries, k)
-                row["sweep"].append(
-                    {name: value, **percentiles(times), "recall@10": recall_at_k(found, truth)}
-                )
-            index.set_search_params(**defaults)
+                recall = recall_at_k(found, truth)
+                row["sweep"].append({"ef_search": value, **percentiles(times), "recall@10": recall})
+            index.set_search_params(ef_search=params["ef_search"], nprobe=index.nprobe)
         rows.append(row)
-        print(format_row(row), flush=True)
+        print(format_row(row, list(runtimes)), flush=True)
         del index
         gc.collect()
     return rows
 
 
-def format_row(r: dict) -> str:
+def searcher_overhead(index_dir: str, texts: list[str], count: int, k: int = 10) -> dict:
+    """Per runtime the index has: p50 of ``Searcher.search`` (one query, text in -> top-k
+    hits out), of its query tower alone and of its vector search alone, interleaved."""
+    from makevl.index.runtime import RUNTIME_FILES, TORCH
+    from makevl.index.search import Searcher
+    from makevl.index.store import read_manifest
+
+    recorded = read_manifest(index_dir).get("runtimes", {})
+    out = {}
+    for name in [TORCH, *(r for r in reversed(RUNTIME_FILES) if r in recorded)]:
+        searcher = Searcher(index_dir, runtime=name)
+        searcher.search(texts[:3], k)  # warm up
+        end_to_end, tower, search = [], [], []
+        for i in range(count):
+            text = [texts[i % len(texts)]]
+            start = time.perf_counter()
+            searcher.search(text, k)
+            middle = time.perf_counter()
+            vector = searcher.query_encoder.encode_queries(text)
+            encoded = time.perf_counter()
+            searcher.backend.search(np.ascontiguousarray(vector, dtype=np.float32), k, None)
+            end = time.perf_counter()
+            end_to_end.append(middle - start)
+            tower.append(encoded - middle)
+            search.append(end - encoded)
+        p50 = {
+            part: float(np.percentile(times, 50) * 1000)
+            for part, times in (("searcher", end_to_end), ("tower", tower), ("search", search))
+        }
+        p50["overhead"] = p50["searcher"] - p50["tower"] - p50["search"]
+        out[name] = p50
+        del searcher
+        gc.collect()
+    return out
+
+
+def format_row(r: dict, names: list[str]) -> str:
     s, e = r["search"], r["end_to_end"]
+    label = f"{r['backend']} {r['index']}" + "".join(
+        f" {k.replace('_search', 'S')}={v}" for k, v in r["params"].items()
+    )
+    cells = " | ".join(f"{e[n]['p50_ms']:>7.2f} / {e[n]['p99_ms']:>7.2f}" for n in names)
     return (
-        f"| {r['products']:>9,} | {r['backend']:<7} | {r['index']:<14} | {r['build_products_per_s']:>12,.0f} | "
-        f"{s['p50_ms']:>7.3f} | {s['p99_ms']:>7.3f} | {s['qps']:>8,.0f} | {r['recall@10']:>6.3f} | "
-        f"{e['p50_ms']:>7.2f} | {e['p99_ms']:>7.2f} |"
+        f"| {r['products']:>9,} | {label:<24} | {r['build_products_per_s']:>10,.0f} | "
+        f"{s['p50_ms']:>7.3f} | {s['p99_ms']:>7.3f} | {r['recall@10']:>5.3f} | {cells} |"
     )
 
 
-HEADER = (
-    "| products  | backend | index          | build prod/s | p50 ms  | p99 ms  | q/s      | R@10   | e2e p50 | e2e p99 |\n"
-    "|----------:|---------|----------------|-------------:|--------:|--------:|---------:|-------:|--------:|--------:|"
-)
+def header(names: list[str]) -> str:
+    cells = " | ".join(f"{n + ' p50/p99 ms':<17}" for n in names)
+    rule = "|".join(["-" * 19] * len(names))
+    return (
+        "| products  | index                    | build p/s  | srch p50| srch p99| R@10  | "
+        f"{cells} |\n"
+        "|----------:|--------------------------|-----------:|--------:|--------:|------:|"
+        f"{rule}|"
+    )
+
+
+def fastest_passing(rows: list[dict]) -> list[str]:
+    """Per size: the HNSW index's end-to-end p50 with the fastest runtime that passes parity."""
+    lines, parity = [], {}
+    for row in rows:
+        parity = row.get("parity", parity)
+        if row["index"] != "HNSW32":
+            continue
+        passing = [n for n in row["end_to_end"] if n not in parity or parity[n]["passes"]]
+        best = min(passing, key=lambda name: row["end_to_end"][name]["p50_ms"])
+        e2e = row["end_to_end"][best]
+        lines.append(
+            f"  {row['products']:>9,} HNSW32 efSearch={row['params']['ef_search']}: fastest "
+            f"runtime that passes parity: {best}: p50 {e2e['p50_ms']:.2f} ms, p99 "
+            f"{e2e['p99_ms']:.2f} ms (recall@10 {row['recall@10']:.3f})"
+        )
+    return lines
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="1k and 10k products only")
-    parser.add_argument("--sizes", help="comma-separated catalog sizes (overrides --quick)")
-    parser.add_argument("--dim", type=int, default=256, help="vector dim (MAKE default embed_dim)")
-    parser.add_argument("--queries", type=int, default=200, help="timed queries per index")
-    parser.add_argument("--e2e-queries", type=int, default=100, help="text-in queries per index")
     parser.add_argument(
-        "--rank", type=int, default=32, help="intrinsic dim of the synthetic vectors"
+        "--sizes", default="10000,100000,1000000", help="comma-separated catalog sizes"
     )
-    parser.add_argument("--ef-search", type=int, default=128)
-    parser.add_argument("--nprobe", type=int, default=64)
-    parser.add_argument("--checkpoint", help="time a trained MAKE query tower")
-    parser.add_argument("--encoder", choices=["minilm", "hashing"], default="minilm")
+    parser.add_argument("--dim", type=int, default=256, help="vector dim (MAKE default embed_dim)")
+    parser.add_argument("--queries", type=int, default=200, help="timed searches per index")
+    parser.add_argument("--e2e-queries", type=int, default=200, help="text-in queries per runtime")
+    parser.add_argument("--parity-queries", type=int, default=200)
+    parser.add_argument("--rank", type=int, default=32, help="intrinsic dim of the vectors")
+    parser.add_argument("--ef-search", type=int, default=128, help="HNSW efSearch below 1M")
+    parser.add_argument("--ef-search-1m", type=int, default=256, help="HNSW efSearch at 1M")
+    parser.add_argument("--checkpoint", help="a trained MAKE query tower (default: untrained)")
+    parser.add_argument("--keywords", type=int, default=1000, help="keyword memory (untrained)")
+    parser.add_argument("--encoder", choices=["make", "hashing"], default="make")
+    parser.add_argument("--index", help="also measure Searcher.search's overhead on this index")
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="torch and FAISS threads while timing queries (builds use all cores)",
+        help="torch, ONNX Runtime and FAISS threads while timing queries (builds use all cores)",
     )
+    parser.add_argument("--milvus", action="store_true", help="also time Milvus Lite")
     parser.add_argument(
-        "--milvus", action="store_true", help="also time Milvus Lite (FLAT, HNSW) in this process"
-    )
-    parser.add_argument(
-        "--milvus-queries",
-        type=int,
-        default=50,
-        help="timed queries per Milvus Lite index (each scans every row in Python)",
+        "--milvus-queries", type=int, default=50, help="timed queries per Milvus Lite index"
     )
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
-    sizes = (
-        [int(s) for s in args.sizes.split(",")]
-        if args.sizes
-        else ([1_000, 10_000] if args.quick else [1_000, 10_000, 100_000, 1_000_000])
-    )
+    sizes = [int(s) for s in args.sizes.split(",")]
 
     import torch
 
     torch.set_num_threads(args.threads)
-    tower, tower_name = load_tower(args)
-    encode_times = []
-    for text in QUERIES * 5:
-        start = time.perf_counter()
-        tower.encode_queries([text])
-        encode_times.append(time.perf_counter() - start)
-    encode = percentiles(encode_times[10:])
-    milvus = f", milvus-lite {version('milvus-lite')}" if args.milvus else ""
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} CPUs, faiss-cpu {version('faiss-cpu')}{milvus}, "
-        f"{args.threads} thread(s) per query, load average {os.getloadavg()[0]:.1f}"
-    )
-    print(
-        f"machine: {machine}\nquery tower: {tower_name}: encode p50 {encode['p50_ms']:.2f} ms, "
-        f"p99 {encode['p99_ms']:.2f} ms\n\n{HEADER}",
-        flush=True,
-    )
-
-    started = time.perf_counter()
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="makevl-bench-") as folder:
+    texts = parity_queries(args.parity_queries)
+    with tempfile.TemporaryDirectory(prefix="makevl-bench-") as tmp:
+        runtimes, tower_name = load_runtimes(args, Path(tmp))
+        encode = {
+            name: percentiles(time_each(lambda t, r=r: r.encode_queries([t]), texts)[0][5:])
+            for name, r in runtimes.items()
+        }
+        machine = (
+            f"{platform.machine()}, {os.cpu_count()} CPUs, faiss-cpu {version('faiss-cpu')}, "
+            f"onnxruntime {version('onnxruntime')}, torch {torch.__version__}, "
+            f"{args.threads} thread(s) per query, load average at start {os.getloadavg()}"
+        )
+        print(f"machine: {machine}\nquery tower: {tower_name}; {len(texts)} queries")
+        for name, stats in encode.items():
+            print(
+                f"  {name:<9} tower alone: p50 {stats['p50_ms']:.2f} ms, "
+                f"p99 {stats['p99_ms']:.2f} ms"
+            )
+        overhead = searcher_overhead(args.index, texts, args.e2e_queries) if args.index else {}
+        if overhead:
+            print(f"\nSearcher.search around the tower, {args.index} (p50 ms):")
+        for name, p50 in overhead.items():
+            print(
+                f"  {name:<9} Searcher.search {p50['searcher']:.2f} = tower {p50['tower']:.2f} "
+                f"+ vector search {p50['search']:.2f} + overhead {p50['overhead']:.2f}"
+            )
+        print(f"\n{header(list(runtimes))}", flush=True)
+        started, rows = time.perf_counter(), []
         for n in sizes:
-            rows += bench_size(n, args, tower, QUERIES, Path(folder))
+            rows += bench_size(n, args, runtimes, texts, Path(tmp))
             gc.collect()
-    print(f"\ntotal {time.perf_counter() - started:.0f} s\n\nspeed/recall trade-off (search only):")
+    print(f"\ntotal {time.perf_counter() - started:.0f} s; load average {os.getloadavg()}")
+    print("\nparity against torch (exact index of each size):")
+    for row in rows:
+        for name, p in row.get("parity", {}).items():
+            print(
+                f"  {row['products']:>9,} {name:<9} cosine min {p['min_cosine']:.4f} "
+                f"top-10 overlap {p['overlap']:.3f}: {'passes' if p['passes'] else 'FAILS'}"
+            )
+    print("\n".join(["", *fastest_passing(rows)]))
+    print("\nspeed/recall trade-off (search only):")
     for row in rows:
         for point in row.get("sweep", []):
-            name, value = next(iter(point.items()))
             print(
-                f"  {row['products']:>9,} {row['index']:<13} {name}={value:<4} p50 {point['p50_ms']:.3f} ms "
-                f"p99 {point['p99_ms']:.3f} ms recall@10 {point['recall@10']:.3f}"
+                f"  {row['products']:>9,} HNSW32 efSearch={point['ef_search']:<4} "
+                f"p50 {point['p50_ms']:.3f} ms p99 {point['p99_ms']:.3f} ms "
+                f"recall@10 {point['recall@10']:.3f}"
             )
     if args.out:
-        Path(args.out).write_text(
-            json.dumps(
-                {"machine": machine, "query_tower": tower_name, "encode": encode, "rows": rows},
-                indent=2,
-            )
-        )
+        results = {"machine": machine, "query_tower": tower_name, "encode": encode}
+        results |= {"searcher_overhead": overhead, "rows": rows}
+        Path(args.out).write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -262,7 +262,7 @@ def test_web_page_and_assets_are_local(client):
 
 def test_app_over_a_ready_searcher(served_index):
     searcher = Searcher(served_index)
-    with TestClient(create_app(searcher)) as c:
+    with TestClient(create_app(searcher, batching=NO_SHEDDING)) as c:
         assert c.get("/search", params={"q": "watch", "k": 1}).json()["results"][0]["id"] == "p12"
 
 

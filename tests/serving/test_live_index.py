@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from fastapi.testclient import TestClient
 
 from index.index_testing import PRODUCTS, build, write_catalog
@@ -55,7 +56,8 @@ def search_in_a_loop(client, stop, answers, errors, seed: int) -> None:
         answers.extend((version, frozenset(r["id"] for r in page)) for page in pages)
 
 
-def test_updates_are_served_while_clients_search(tmp_path):
+@pytest.mark.parametrize("process", [False, True], ids=["worker-thread", "worker-process"])
+def test_updates_are_served_while_clients_search(tmp_path, process):
     shop, index_dir = tmp_path / "shop", tmp_path / "index"
     build(index_dir, write_catalog(shop))
     new = [(f"n{i}", f"New arrival number {i}", (i * 40, 90, 200), "new") for i in range(1, 5)]
@@ -67,7 +69,8 @@ def test_updates_are_served_while_clients_search(tmp_path):
     ]
     versions = dict([published(index_dir)])
     # No 503 for a search that waits behind the updates on a busy machine: not what is tested.
-    app = create_app(index_dir, reload_s=0.02, batching=BatchSettings(deadline_ms=WAIT_S * 1000))
+    batching = BatchSettings(deadline_ms=WAIT_S * 1000, process=process)
+    app = create_app(index_dir, reload_s=0.02, batching=batching)
     first_encoder = app.state.live_index.current.encoder
     stop, answers, errors = threading.Event(), [], []
     with TestClient(app) as client:

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from makevl.index.runtime import RUNTIME_FLAGS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search an index from the command line")
@@ -38,6 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--checkpoint", help="encode queries with this checkpoint (must be the index's model)"
     )
+    p.add_argument(
+        "--runtime",
+        choices=list(RUNTIME_FLAGS),
+        default="auto",
+        help="query tower runtime: torch, onnx (fp32) or onnx-int8, as `makevl export` wrote "
+        "them; auto: the fastest one that passed the parity gate, else torch (default)",
+    )
     p.set_defaults(func=search_command)
 
 
@@ -65,7 +74,9 @@ def search_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        searcher = Searcher(args.index_dir, checkpoint=args.checkpoint)
+        searcher = Searcher(
+            args.index_dir, checkpoint=args.checkpoint, runtime=RUNTIME_FLAGS[args.runtime]
+        )
         results = searcher.search(queries, k=args.k, filters=filters, mode=args.mode, fusion=fusion)
         explained = searcher.query_keywords(queries) if args.explain else None
     except (OSError, ValueError, RuntimeError) as exc:
@@ -73,7 +84,11 @@ def search_command(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         for number, (query, hits) in enumerate(zip(queries, results)):
-            line = {"query": query, "results": [h.to_dict() for h in hits]}
+            line = {
+                "query": query,
+                "runtime": searcher.runtime,
+                "results": [h.to_dict() for h in hits],
+            }
             if explained is not None:
                 line["keywords"] = [{"keyword": w, "weight": x} for w, x in explained[number]]
             print(json.dumps(line, ensure_ascii=False))
@@ -84,7 +99,7 @@ def search_command(args: argparse.Namespace) -> int:
 
     console = Console()
     for number, (query, hits) in enumerate(zip(queries, results)):
-        title = f"{query!r}: top {len(hits)} of {len(searcher)}"
+        title = f"{query!r}: top {len(hits)} of {len(searcher)} ({searcher.runtime} query tower)"
         if filters:
             title += " where " + " and ".join(f"{a} in {v}" for a, v in filters.items())
         if explained:

@@ -1,8 +1,9 @@
 """``makevl serve DIR``: the search API and web page over one index (uvicorn).
 
 Concurrent searches are batched by one worker (``--max-batch``, ``--max-wait-ms``,
-``--queue-size``, ``--deadline-ms``, ``--threads``), and a new index version
-published at ``DIR`` is picked up within ``--reload-s`` seconds.
+``--queue-size``, ``--deadline-ms``, ``--threads``) that encodes and searches in a
+process of its own (``--worker``), and a new index version published at ``DIR``
+is picked up within ``--reload-s`` seconds.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from makevl.index.runtime import RUNTIME_FLAGS
 from makevl.serving.batching import BatchSettings, default_threads
 from makevl.serving.limits import BODY_TIMEOUT_S, MAX_BODY_BYTES
 
@@ -30,6 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
         "--checkpoint", help="encode queries with this checkpoint (must be the index's model)"
+    )
+    p.add_argument(
+        "--runtime",
+        choices=list(RUNTIME_FLAGS),
+        default="auto",
+        help="query tower runtime: torch, onnx (fp32) or onnx-int8, as `makevl export` wrote "
+        "them; auto: the fastest one that passed the parity gate, else torch (default); "
+        "shown in /healthz",
     )
     p.add_argument(
         "--image-root",
@@ -89,6 +99,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"left for HTTP: {default_threads()})",
     )
     p.add_argument(
+        "--worker",
+        choices=["process", "thread"],
+        default="process",
+        help="where the query tower and the vector search run: a worker process (default: "
+        "the HTTP event loop keeps the GIL to itself) or a thread of the server process",
+    )
+    p.add_argument(
         "--reload-s",
         type=float,
         default=1.0,
@@ -113,8 +130,10 @@ def serve_command(args: argparse.Namespace) -> int:
             queue_size=args.queue_size,
             deadline_ms=args.deadline_ms,
             threads=args.threads,
+            process=args.worker == "process",
         )
-        searcher = Searcher(args.index_dir, checkpoint=args.checkpoint)
+        runtime = RUNTIME_FLAGS[args.runtime]
+        searcher = Searcher(args.index_dir, checkpoint=args.checkpoint, runtime=runtime)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -126,9 +145,11 @@ def serve_command(args: argparse.Namespace) -> int:
         batching=batching,
         reload_s=args.reload_s,
         checkpoint=args.checkpoint,
+        runtime=runtime,  # new index versions load with the same runtime
     )
     print(
-        f"serving {len(searcher)} products from {args.index_dir} on http://{args.host}:{args.port}/",
+        f"serving {len(searcher)} products from {args.index_dir} ({searcher.runtime} query tower) "
+        f"on http://{args.host}:{args.port}/",
         flush=True,
     )
     uvicorn.run(

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 RUNTIME_FILES = {"onnx-int8": "query_tower.int8.onnx", "onnx-fp32": "query_tower.onnx"}
 TORCH = "torch"
 RUNTIMES = (*RUNTIME_FILES, TORCH)
+# ``--runtime`` of ``makevl search`` and ``makevl serve`` -> the Searcher's ``runtime``
+# (auto: None, the fastest runtime that passed the parity gate at export, else torch).
+RUNTIME_FLAGS = {"auto": None, "torch": TORCH, "onnx": "onnx-fp32", "onnx-int8": "onnx-int8"}
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,24 @@ class Searcher:
         ``filters`` keeps products whose attributes match (see :meth:`allowed_ids`);
         ``mode="hybrid"`` fuses the MAKE and BM25 rankings as ``fusion`` says.
         """
+        ranked = self.rank(queries, k, filters=filters, mode=mode, fusion=fusion)
+        return self.hits(ranked)
+
+    def hits(self, ranked: list[list[tuple[int, float]]]) -> list[list[Hit]]:
+        """The products of :meth:`rank`'s ``(row, score)`` lists."""
+        return [[self._hit(row, score) for row, score in found] for found in ranked]
+
+    def rank(
+        self,
+        queries: list[str],
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        mode: str = "vector",
+        fusion: Fusion | None = None,
+    ) -> list[list[tuple[int, float]]]:
+        """:meth:`search` as ``(row, score)`` pairs: all a search worker in another process
+        has to send back (:mod:`makevl.serving.worker_process`)."""
         if mode not in MODES:
             raise ValueError(f"unknown search mode {mode!r}; expected one of {MODES}")
         if mode == "hybrid" and self.lexical is None:
@@ -233,7 +251,7 @@ class Searcher:
         rows = self.row_of_vector[np.maximum(vector_ids, 0)].tolist()
         return [
             [
-                self._hit(row, score)
+                (row, score)
                 for row, score, vid in zip(row_list, score_row.tolist(), id_row.tolist())
                 if vid >= 0  # ANN indexes may return fewer than k
             ]
@@ -247,14 +265,14 @@ class Searcher:
         k: int,
         allowed: np.ndarray | None,
         fusion: Fusion,
-    ) -> list[list[Hit]]:
+    ) -> list[list[tuple[int, float]]]:
         depth = min(max(k, fusion.depth), len(self))
         _, vector_ids = self.backend.search(vectors, depth, allowed)
         lexical = self.lexical.search(queries, depth, allowed)
         results = []
         for vector_row, (lexical_ids, _) in zip(vector_ids, lexical):
             fused = fusion.fuse(vector_row[vector_row >= 0].tolist(), lexical_ids.tolist())[:k]
-            results.append([self._hit(int(self.row_of_vector[v]), s) for v, s in fused])
+            results.append([(int(self.row_of_vector[v]), s) for v, s in fused])
         return results
 
     def allowed_ids(self, filters: Filters | None) -> np.ndarray | None:

@@ -22,6 +22,7 @@ a restart, and every response comes from one version, named in its
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -57,6 +58,7 @@ from makevl.serving.images import MEDIA_TYPES, ImageRefused, image_roots, image_
 from makevl.serving.limits import BODY_TIMEOUT_S, MAX_BODY_BYTES, BodyLimits
 from makevl.serving.live_index import LiveIndex, index_version
 from makevl.serving.metrics import Metrics, MetricsMiddleware
+from makevl.serving.worker_process import SearchProcess, can_search_apart
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_QUERY_CHARS = 256
@@ -344,14 +346,31 @@ def create_app(
     if not image_roots(image_root or live.current.manifest.get("image_roots", [])):
         log.warning("%s records no image root: no image file will be served", live.index_dir)
     metrics = Metrics()
-    batcher = SearchBatcher(batching, metrics)
+    batching = batching or BatchSettings()
+    if batching.process and not can_search_apart(live.current):
+        log.warning("%s: Milvus Lite serves one process; searching in a thread", live.index_dir)
+        batching = dataclasses.replace(batching, process=False)
+
+    def search_in_process(searcher: Searcher, queries: list[str], **options: Any):
+        return app.state.search_process.search(searcher, queries, **options)
+
+    batcher = SearchBatcher(
+        batching, metrics, search=search_in_process if batching.process else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if batching.process:  # started here so that it never outlives the app
+            process = SearchProcess(live.current, batching.threads, **searcher_options)
+            app.state.search_process = process
+            live.prepare = process.load  # a new version is loaded there before it is served
         live.start()
         yield
         live.close()
         batcher.close()
+        if batching.process:
+            live.prepare = None
+            process.close()
 
     app = FastAPI(
         title="makevl search",
@@ -362,6 +381,7 @@ def create_app(
     app.state.live_index = live
     app.state.batcher = batcher
     app.state.metrics = metrics
+    app.state.search_process = None  # the worker process while the app runs, if it has one
     image_headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
 
     app.add_middleware(BodyLimits, max_bytes=max_body_bytes, timeout=body_timeout)
@@ -532,6 +552,7 @@ def create_app(
             "dim": searcher.dim,
             "index_type": searcher.manifest.get("index_type"),
             "model_hash": searcher.model_hash,
+            "runtime": searcher.runtime,  # the query tower's: torch, onnx-fp32 or onnx-int8
             "index_version": index_version(searcher),
             "reload_error": live.error,  # why a newer published version is not served
             "queue_depth": batcher.depth,

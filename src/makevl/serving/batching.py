@@ -9,6 +9,10 @@ queries in a bounded FIFO queue and await a future the worker resolves.
   more to arrive (no wait when the queue already holds ``max_batch`` queries),
   then takes up to ``max_batch`` queries in arrival order. Requests with the
   same searcher and options (``k``, ...) share one :meth:`Searcher.search` call.
+- The worker runs each batch with ``search`` (by default :meth:`Searcher.search`
+  in this process; ``makevl serve`` hands it to a worker process,
+  :mod:`makevl.serving.worker_process`, so that it does not share the GIL with
+  the HTTP event loop).
 - Backpressure instead of unbounded latency: a request that finds the queue
   full (``queue_size`` requests) is refused at once, and one that waited longer
   than ``deadline_ms`` before the worker got to it is refused rather than
@@ -44,6 +48,7 @@ class BatchSettings:
     queue_size: int = 256  # requests waiting; more get 503 at once
     deadline_ms: float = 200.0  # a request not started after this long gets 503
     threads: int | None = None  # torch / FAISS threads of the worker; None leaves them be
+    process: bool = False  # encode and search in a worker process (makevl serve's default)
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "queue_size"):
@@ -79,6 +84,10 @@ class _Pending:
         return id(self.searcher), repr(sorted(self.options.items()))
 
 
+def _search_here(searcher: Searcher, queries: list[str], **options: Any) -> list[list[Hit]]:
+    return searcher.search(queries, **options)
+
+
 def default_threads() -> int:
     """All cores but one, which is left to the HTTP event loop."""
     return max(1, (os.cpu_count() or 2) - 1)
@@ -101,10 +110,13 @@ class SearchBatcher:
         settings: BatchSettings | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,  # seconds; tests pass a fake one
+        search: Callable[..., list[list[Hit]]] | None = None,
     ) -> None:
+        """``search(searcher, queries, **options)`` runs one batch (default: in this thread)."""
         self.settings = settings or BatchSettings()
         self.metrics = metrics or Metrics()
         self.clock = clock
+        self._search = search or _search_here
         self._queue: deque[_Pending] = deque()
         self._queued_queries = 0
         self._cond = threading.Condition()
@@ -206,7 +218,7 @@ class SearchBatcher:
         for group in groups.values():
             queries = [query for pending in group for query in pending.queries]
             try:
-                results = group[0].searcher.search(queries, **group[0].options)
+                results = self._search(group[0].searcher, queries, **group[0].options)
             except Exception as exc:  # noqa: BLE001 - raised in each waiting handler instead
                 for pending in group:
                     pending.future.set_exception(exc)

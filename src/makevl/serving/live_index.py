@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,33 @@ def index_version(searcher: Searcher) -> str:
     return searcher.path.name
 
 
+def load_version(version: Path, current: Searcher, **searcher_options: Any) -> Searcher:
+    """A Searcher of ``version``, reusing ``current``'s encoder when the model is the same."""
+    if read_manifest(version)["model_hash"] == current.model_hash:
+        options = {k: v for k, v in searcher_options.items() if k not in ("encoder", "checkpoint")}
+        return Searcher(version, encoder=current.encoder, model_hash=current.model_hash, **options)
+    # a new model: load it (it must match the checkpoint the server was started with)
+    return Searcher(version, **searcher_options)
+
+
 class LiveIndex:
     """``current``: the Searcher of the newest loadable version of ``first``'s index.
 
     ``searcher_options`` (``checkpoint``, ``ef_search``, ...) load later
-    versions as they loaded the first.
+    versions as they loaded the first. ``prepare(searcher)``, if given, runs on
+    a loaded version before it is served (the search worker process loads it too).
     """
 
-    def __init__(self, first: Searcher, *, poll_s: float = 1.0, **searcher_options: Any) -> None:
+    def __init__(
+        self,
+        first: Searcher,
+        *,
+        poll_s: float = 1.0,
+        prepare: Callable[[Searcher], None] | None = None,
+        **searcher_options: Any,
+    ) -> None:
         self.current = first
+        self.prepare = prepare
         self.index_dir = first.index_dir
         self.poll_s = poll_s
         self.error: str | None = None  # why the newest version is not served, if it is not
@@ -97,14 +116,9 @@ class LiveIndex:
         return True
 
     def _load(self, version: Path) -> Searcher:
-        current = self.current
-        if read_manifest(version)["model_hash"] == current.model_hash:
-            options = {k: v for k, v in self._options.items() if k not in ("encoder", "checkpoint")}
-            searcher = Searcher(
-                version, encoder=current.encoder, model_hash=current.model_hash, **options
-            )
-        else:  # a new model: load it (it must match the checkpoint the server was started with)
-            searcher = Searcher(version, **self._options)
+        searcher = load_version(version, self.current, **self._options)
+        if self.prepare is not None:
+            self.prepare(searcher)
         # The first search pays for page faults and lazy initialisation, not a client. (Safe
         # beside the search worker: encoders encode in eval mode without changing state.)
         searcher.search([WARM_QUERY], k=1)
