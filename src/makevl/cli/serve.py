@@ -17,8 +17,11 @@ from makevl.serving.limits import BODY_TIMEOUT_S, MAX_BODY_BYTES
 
 # Slow or idle clients (request bodies have their own limits, in the app): 5 s to send the
 # next request on a kept-alive connection, at most 16 KiB of request line and headers,
-# and shutdown within 10 s whatever the open connections do.
+# and shutdown within 10 s whatever the open connections do. The h11 parser, because
+# the header limit is h11's, and httptools keeps a connection that sent only blank
+# lines open with no answer (tests/serving/test_hostile.py).
 UVICORN_LIMITS = {
+    "http": "h11",
     "timeout_keep_alive": 5,
     "h11_max_incomplete_event_size": 16 * 1024,
     "timeout_graceful_shutdown": 10,
