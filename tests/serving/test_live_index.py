@@ -1,8 +1,10 @@
 """A running server picks up `index add` / `delete` without a restart or a mixed answer."""
 
+import gc
 import shutil
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -135,3 +137,28 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_served(tmp_path):
         assert health["index_version"] == index_dir.resolve().name != good
         assert health["products"] == 3 and health["reload_error"] is None
         assert "makevl_index_reloads 1\n" in client.get("/metrics").text
+
+
+def test_a_served_version_is_kept_out_of_the_collectors_walks_and_freed_when_replaced(tmp_path):
+    """Python's full collection must not walk the model and index (300+ ms pauses under
+    load); a replaced version must still be freed, reference cycles and all."""
+    index_dir = tmp_path / "index"
+    build(index_dir, write_catalog(tmp_path / "shop"))
+    app = create_app(index_dir, reload_s=0)
+    live = app.state.live_index
+    try:
+        with TestClient(app) as client:
+            tracked = {id(o) for o in gc.get_objects()}
+            assert id(live.current) not in tracked and id(live.current.encoder) not in tracked
+
+            old = live.current
+            old.itself = old  # a reference cycle: only the cyclic collector frees it
+            replaced = weakref.ref(old)
+            del old
+            build(index_dir, write_catalog(tmp_path / "shop", PRODUCTS[:3]))
+            assert live.check() is True
+            assert replaced() is None, "the replaced version is still in memory"
+            assert id(live.current) not in {id(o) for o in gc.get_objects()}
+            assert client.get("/search", params={"q": "watch", "k": 1}).status_code == 200
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual

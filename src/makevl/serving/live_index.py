@@ -11,10 +11,17 @@ swap happens. If the new version fails to load, the old one keeps serving and
 
 The query encoder is reused when the new manifest names the same model hash,
 so an update does not reload the model.
+
+After each load the heap is settled (:func:`settle_heap`): a loaded model and
+index are hundreds of thousands of long-lived Python objects, and without it
+Python's full garbage collection walked all of them every few seconds under
+load, stopping the server for 300-390 ms each time (docs/BENCHMARKS.md,
+"Server under load").
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -40,6 +47,20 @@ def load_version(version: Path, current: Searcher, **searcher_options: Any) -> S
         return Searcher(version, encoder=current.encoder, model_hash=current.model_hash, **options)
     # a new model: load it (it must match the checkpoint the server was started with)
     return Searcher(version, **searcher_options)
+
+
+def settle_heap() -> None:
+    """Move every object alive now out of the garbage collector's sight.
+
+    Called once a version is loaded, so that the periodic full collection
+    walks only what requests create, not the model and index (``gc.freeze``).
+    The objects stay freed by reference counting as usual; the ones frozen at
+    the previous call are unfrozen and collected first, so an old version's
+    reference cycles do not outlive the next load.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class LiveIndex:
@@ -75,6 +96,7 @@ class LiveIndex:
 
     def start(self) -> None:
         """Watch for new versions in a background thread."""
+        settle_heap()
         if self._watcher is None and self.poll_s > 0:
             self._stop.clear()
             self._watcher = threading.Thread(
@@ -111,6 +133,7 @@ class LiveIndex:
             return False
         old = self.version
         self.current, self.error, self._failed = searcher, None, None
+        settle_heap()  # after the swap, so that the old version's cycles are freed now
         self.reloads += 1
         log.info("%s: now serving version %s (was %s)", self.index_dir, self.version, old)
         return True

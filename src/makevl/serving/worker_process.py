@@ -40,7 +40,7 @@ from makevl.index.search import (
     UnknownFilterError,
 )
 from makevl.serving.batching import pin_threads
-from makevl.serving.live_index import WARM_QUERY, load_version
+from makevl.serving.live_index import WARM_QUERY, load_version, settle_heap
 
 log = logging.getLogger("makevl.serving")
 FRAME = struct.Struct("<I")  # message length in bytes
@@ -176,6 +176,7 @@ class _Versions:
             if self.threads is not None:  # after the load: torch is imported only for a model
                 pin_threads(self.threads)
             self.loaded[version].rank([WARM_QUERY], 1)  # lazy initialisation, page faults
+            settle_heap()
         return self.loaded[version]
 
     def answer(self, message: dict[str, Any]) -> Any:
