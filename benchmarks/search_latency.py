@@ -227,7 +227,7 @@ def bench_size(n: int, args, runtimes: dict, texts: list[str], folder: Path) -> 
         }
         if backend == "faiss" and "ef_search" in params:
             row["sweep"] = []
-            for value in (32, 64, 128, 256):
+            for value in (32, 64, 128, 192, 256):
                 index.set_search_params(ef_search=value, nprobe=index.nprobe)
                 times, found = time_searches(index, queries, k)
                 recall = recall_at_k(found, truth)
@@ -240,7 +240,9 @@ def bench_size(n: int, args, runtimes: dict, texts: list[str], folder: Path) -> 
     return rows
 
 
-def searcher_overhead(index_dir: str, texts: list[str], count: int, k: int = 10) -> dict:
+def searcher_overhead(
+    index_dir: str, texts: list[str], count: int, threads: int, k: int = 10
+) -> dict:
     """Per runtime the index has: p50 of ``Searcher.search`` (one query, text in -> top-k
     hits out), of its query tower alone and of its vector search alone, interleaved."""
     from makevl.index.runtime import RUNTIME_FILES, TORCH
@@ -250,7 +252,7 @@ def searcher_overhead(index_dir: str, texts: list[str], count: int, k: int = 10)
     recorded = read_manifest(index_dir).get("runtimes", {})
     out = {}
     for name in [TORCH, *(r for r in reversed(RUNTIME_FILES) if r in recorded)]:
-        searcher = Searcher(index_dir, runtime=name)
+        searcher = Searcher(index_dir, runtime=name, query_threads=threads)
         searcher.search(texts[:3], k)  # warm up
         end_to_end, tower, search = [], [], []
         for i in range(count):
@@ -370,7 +372,11 @@ def main() -> int:
                 f"  {name:<9} tower alone: p50 {stats['p50_ms']:.2f} ms, "
                 f"p99 {stats['p99_ms']:.2f} ms"
             )
-        overhead = searcher_overhead(args.index, texts, args.e2e_queries) if args.index else {}
+        overhead = (
+            searcher_overhead(args.index, texts, args.e2e_queries, args.threads)
+            if args.index
+            else {}
+        )
         if overhead:
             print(f"\nSearcher.search around the tower, {args.index} (p50 ms):")
         for name, p50 in overhead.items():

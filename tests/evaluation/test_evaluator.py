@@ -223,3 +223,43 @@ def test_eval_config_precedence(tmp_path):
     assert cfg.data.sparse_titles is True
     assert cfg.data.unseen_phrasing is True
     assert cfg.data.val_fraction == 0.2  # dotted overrides win last
+
+
+def test_eval_scores_a_checkpoint_as_its_exported_index_serves_it(tmp_path, capsys):
+    """`makevl eval --runtime`: product towers and query side through ONNX Runtime, scored
+    like torch (issue #9: served quality within 0.01 NDCG@10 of torch)."""
+    pytest.importorskip("onnxruntime")
+    from index.test_checkpoint_index import save_tiny_checkpoint
+    from makevl.evaluation.run_eval import _load_checkpoint
+    from makevl.index.product_runtime import ServedEncoder
+
+    write_custom_shop(tmp_path)
+    catalog, queries = tmp_path / "catalog.csv", tmp_path / "queries.csv"
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", catalog, seed=0)
+    args = ["eval", "--system", "checkpoint", "--checkpoint", str(checkpoint), "--preset",
+            "custom", "--split", "train", "--json", "--bootstrap", "10",
+            "--category-attribute", "none", f"data.catalog={catalog}", f"data.queries={queries}"]  # fmt: skip
+    scores = {}
+    for runtime in ("torch", "onnx", "onnx-int8"):
+        assert main([*args, "--runtime", runtime]) == 0
+        payload = json.loads(capsys.readouterr().out)
+        scores[payload["meta"]["runtime"]] = payload["metrics"]["ndcg@10"]
+    assert set(scores) == {"torch", "onnx-fp32", "onnx-int8"}
+    assert abs(scores["onnx-fp32"] - scores["torch"]) <= 0.01
+    assert abs(scores["onnx-int8"] - scores["torch"]) <= 0.05
+
+    torch_encoder, _cfg = _load_checkpoint(str(checkpoint))
+    texts = ["running shoes", "a red leather handbag"]
+    reference = torch_encoder.encode_queries(texts)
+    for runtime, tolerance in (("onnx-fp32", 1e-4), ("onnx-int8", 0.05)):
+        folder = tmp_path / runtime
+        folder.mkdir()
+        served = ServedEncoder(torch_encoder, runtime, folder)
+        vectors = served.encode_queries(texts)
+        np.testing.assert_allclose(vectors, reference, atol=tolerance)
+        assert (folder / "product_towers.onnx").is_file()
+    assert not np.allclose(vectors, reference, atol=1e-6)  # int8 really ran
+    bm25 = ["eval", "--system", "bm25", "--preset", "custom", "--runtime", "onnx",
+            f"data.catalog={catalog}", f"data.queries={queries}"]  # fmt: skip
+    assert main(bm25) == 2  # nothing to serve
+    assert "needs a system with a checkpoint" in capsys.readouterr().err

@@ -37,6 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="product attribute for the per-category table (default: the preset's); 'none' to skip",
     )
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument(
+        "--runtime",
+        choices=["torch", "onnx", "onnx-int8"],
+        default="torch",
+        help="run the checkpoint as an exported index serves it: product towers and query "
+        "side in ONNX Runtime (onnx: fp32; onnx-int8: int8 query side)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument(
         "--per-query",
@@ -50,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def eval_command(args: argparse.Namespace) -> int:
     from makevl.evaluation.evaluator import comparison_table
     from makevl.evaluation.run_eval import NoQueriesError, run_eval
+    from makevl.index.runtime import RUNTIME_FLAGS
 
     try:
         results = run_eval(
@@ -64,6 +72,7 @@ def eval_command(args: argparse.Namespace) -> int:
             category_attribute=args.category_attribute,
             bootstrap=args.bootstrap,
             per_query=args.per_query,
+            runtime=RUNTIME_FLAGS[args.runtime],
         )
     except NoQueriesError as exc:
         print(f"error: {exc}", file=sys.stderr)

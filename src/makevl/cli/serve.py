@@ -98,8 +98,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=default_threads(),
-        help="torch/FAISS threads of the search worker (default: all cores but one, "
-        f"left for HTTP: {default_threads()})",
+        help="torch, ONNX Runtime and FAISS threads of the search worker (default: all "
+        f"cores but one, left for HTTP: {default_threads()})",
     )
     p.add_argument(
         "--worker",
@@ -136,7 +136,9 @@ def serve_command(args: argparse.Namespace) -> int:
             process=args.worker == "process",
         )
         runtime = RUNTIME_FLAGS[args.runtime]
-        searcher = Searcher(args.index_dir, checkpoint=args.checkpoint, runtime=runtime)
+        searcher = Searcher(
+            args.index_dir, checkpoint=args.checkpoint, runtime=runtime, query_threads=args.threads
+        )
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -149,6 +151,7 @@ def serve_command(args: argparse.Namespace) -> int:
         reload_s=args.reload_s,
         checkpoint=args.checkpoint,
         runtime=runtime,  # new index versions load with the same runtime
+        query_threads=args.threads,
     )
     print(
         f"serving {len(searcher)} products from {args.index_dir} ({searcher.runtime} query tower) "

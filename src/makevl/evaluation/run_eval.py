@@ -9,6 +9,7 @@ overrides go on top.
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 from makevl.config import ConfigError, RunConfig, _merge, load_config, parse_overrides
@@ -58,8 +59,12 @@ def run_eval(
     category_attribute: str | None = None,
     bootstrap: int = 1000,
     per_query: str | None = None,
+    runtime: str = "torch",
 ) -> list[EvalResult]:
     """Score each named system on ``split``; ``category_attribute`` defaults to the preset's.
+
+    ``runtime`` (``"onnx-fp32"``, ``"onnx-int8"``) runs the checkpoint as an
+    exported index serves it instead of in torch (:class:`ServedEncoder`).
 
     Raises ``ValueError`` (a ``ConfigError``, ``CatalogError`` or :class:`NoQueriesError`)
     with a message naming what to fix.
@@ -77,6 +82,8 @@ def run_eval(
             needing = [spec.name for spec in specs if spec.needs_model]
             raise ValueError(f"--system {', '.join(needing)} needs --checkpoint DIR")
         model, checkpoint_cfg = _load_checkpoint(checkpoint)
+    elif runtime != "torch":
+        raise ValueError(f"--runtime {runtime} needs a system with a checkpoint")
     cfg = eval_config(checkpoint_cfg, config, preset, sparse_titles, overrides, unseen_phrasing)
 
     shop = load_shop(cfg.data)
@@ -92,14 +99,20 @@ def run_eval(
     log.info("%s %s split: %d queries (%d without relevant products), %d products", shop.name,
              split, len(evaluator.scored_ids), len(evaluator.skipped_ids), len(query_set.pool))
     meta = {"shop": shop.name, "split": split, "sparse_titles": cfg.data.sparse_titles,
-            "unseen_phrasing": cfg.data.unseen_phrasing, "checkpoint": checkpoint}
+            "unseen_phrasing": cfg.data.unseen_phrasing, "checkpoint": checkpoint,
+            "runtime": runtime}
 
     results = []
-    for spec in specs:
-        for system in spec.build(model):
-            result = evaluator.evaluate(system)
-            result.meta.update(meta)
-            results.append(result)
+    with tempfile.TemporaryDirectory(prefix="makevl-eval-") as folder:
+        if model is not None and runtime != "torch":
+            from makevl.index.product_runtime import ServedEncoder
+
+            model = ServedEncoder(model, runtime, Path(folder))
+        for spec in specs:
+            for system in spec.build(model):
+                result = evaluator.evaluate(system)
+                result.meta.update(meta)
+                results.append(result)
     if per_query:
         for result in results:
             path = Path(per_query)

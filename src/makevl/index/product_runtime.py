@@ -181,3 +181,35 @@ def carry_product_runtime(current: Path, version: Path, manifest: dict[str, Any]
         target = version / entry["file"]
         if not target.exists():
             os.link(Path(current).resolve() / entry["file"], target)
+
+
+class ServedEncoder(OnnxProductEncoder):
+    """A checkpoint as an exported index serves it: product towers and query side in ONNX
+    Runtime, so that ``makevl eval --runtime`` scores what ``makevl serve`` answers with."""
+
+    def __init__(self, encoder: MakeEncoder, query_runtime: str, folder: Path) -> None:
+        from makevl.index.runtime import (
+            RUNTIME_FILES,
+            OnnxQueryEncoder,
+            QueryTokenizer,
+        )
+        from makevl.models.export import (
+            export_product_towers,
+            export_query_tower,
+            quantize_int8,
+        )
+
+        if query_runtime not in RUNTIME_FILES:
+            raise ValueError(f"unknown ONNX query runtime {query_runtime!r}")
+        model = encoder.model
+        super().__init__(
+            model, export_product_towers(model, folder / PRODUCT_TOWER_FILE), encoder.keywords
+        )
+        path = export_query_tower(model, folder / RUNTIME_FILES["onnx-fp32"])
+        if query_runtime == "onnx-int8":  # the first variant `makevl export` tries
+            path = quantize_int8(path, folder / RUNTIME_FILES["onnx-int8"])
+        tokenizer = QueryTokenizer(model.query_encoder.tokenizer, model.max_query_tokens)
+        self.query_runtime = OnnxQueryEncoder(path, tokenizer, threads=os.cpu_count() or 1)
+
+    def encode_queries(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        return self.query_runtime.encode_queries(texts, batch_size)

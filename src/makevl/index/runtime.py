@@ -229,8 +229,8 @@ def export_runtimes(
 ) -> ExportReport:
     """Compile the index model's query side to ONNX and publish it as a new index version.
 
-    fp32 always; int8 too with ``quantize="int8"``, trying the whole graph
-    first and then with more layers kept in float until it passes the gate.
+    fp32 always; int8 too with ``quantize="int8"``, with ever finer weight
+    scales until it passes the gate.
     A runtime that fails its gate is not written (the report says why).
     ``queries`` is the parity query set (default: the index's product titles).
     """
@@ -289,23 +289,22 @@ def export_runtimes(
     return ExportReport(index_dir, written, refused)
 
 
+INT8_BLOCK_SIZES = (32, 16)  # tried in this order: smaller blocks, finer scales
+
+
 def quantize_within_gate(fp32: Path, int8: Path, check) -> Parity | str:
-    """Quantize, keeping more layers in float at each try, until parity holds.
+    """Quantize with ever smaller weight blocks until parity holds.
 
-    Tries: every weight layer in int8; the feed-forward output layers in float;
-    the whole feed-forward blocks in float. Returns the passing parity, or why
-    none passed (the int8 file is then removed).
+    Returns the passing parity, or why none passed (the int8 file is then removed).
     """
-    from makevl.models.export import feed_forward_nodes, matmul_nodes, quantize_int8
+    from makevl.models.export import quantize_int8
 
-    nodes = matmul_nodes(fp32)
-    ffn_out, ffn_in = feed_forward_nodes(nodes)
     gate = PARITY_GATES["onnx-int8"]
     tried = []
-    for keep_fp32 in ([], ffn_out, ffn_out + ffn_in):
-        quantize_int8(fp32, int8, keep_fp32)
+    for block_size in INT8_BLOCK_SIZES:
+        quantize_int8(fp32, int8, block_size)
         parity = check(int8)
-        tried.append(f"{len(keep_fp32)} of {len(nodes)} weight layers in fp32: {parity}")
+        tried.append(f"weights in blocks of {block_size}: {parity}")
         if parity.passes(gate):
             log.info("int8 query tower: %s", tried[-1])
             return parity

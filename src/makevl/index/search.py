@@ -98,8 +98,10 @@ class Searcher:
     (passed to the vector backend). ``runtime`` picks the query runtime
     (``"torch"``, ``"onnx-fp32"``, ``"onnx-int8"``); by default the fastest one
     ``makevl export`` recorded in the manifest, else torch (see
-    :mod:`makevl.index.runtime`). ``encoder`` stays the torch encoder;
-    ``query_encoder`` is the one queries run through.
+    :mod:`makevl.index.runtime`). ``query_threads`` is an ONNX runtime's
+    intra-op thread count (1 suits a server that batches under load; a single
+    query on an idle machine finishes sooner on every core). ``encoder`` stays
+    the torch encoder; ``query_encoder`` is the one queries run through.
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class Searcher:
         ef_search: int = 128,
         nprobe: int = 64,
         runtime: str | None = None,
+        query_threads: int = 1,
     ) -> None:
         self.index_dir = Path(index_dir)
         stored = load_stored(
@@ -130,7 +133,7 @@ class Searcher:
         self.encoder = encoder
         self.model_hash = self.manifest["model_hash"]
         self.query_encoder, self.runtime = load_query_encoder(
-            self.path, self.manifest, encoder, runtime
+            self.path, self.manifest, encoder, runtime, query_threads
         )
 
         self.backend = stored.backend
