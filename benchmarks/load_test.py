@@ -84,7 +84,7 @@ def offline_rate(
     from makevl.index.search import Searcher
     from makevl.serving.batching import pin_threads
 
-    searcher = Searcher(index, runtime=RUNTIME_FLAGS[runtime])
+    searcher = Searcher(index, runtime=RUNTIME_FLAGS[runtime], batched=True)  # as serve picks
     pin_threads(threads)
     queries = [QUERIES[i % len(QUERIES)] for i in range(batch)]
     searcher.search(queries, k)  # warm up

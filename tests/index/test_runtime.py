@@ -130,6 +130,15 @@ def test_int8_is_written_only_within_its_gate(index_dir, monkeypatch):
     assert Searcher(index_dir).runtime == "onnx-fp32"
 
 
+def test_auto_picks_int8_one_query_at_a_time_and_fp32_in_batches(index_dir, monkeypatch):
+    monkeypatch.setitem(PARITY_GATES, "onnx-int8", ParityGate(min_cosine=0.0, min_overlap=0.0))
+    report = export_runtimes(index_dir, quantize="int8", queries=QUERIES)
+    assert set(report.written) == {"onnx-fp32", "onnx-int8"}
+    assert Searcher(index_dir).runtime == "onnx-int8"
+    assert Searcher(index_dir, batched=True).runtime == "onnx-fp32"
+    assert Searcher(index_dir, batched=True, runtime="onnx-int8").runtime == "onnx-int8"
+
+
 def test_update_keeps_the_runtime(index_dir, tmp_path):
     export_runtimes(index_dir, queries=QUERIES)
     extra = write_catalog(

@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 
 # Runtime name -> file in the index version; fastest first.
 RUNTIME_FILES = {"onnx-int8": "query_tower.int8.onnx", "onnx-fp32": "query_tower.onnx"}
+# Fastest first. One query at a time the block-wise int8 tower is 10-20% faster than
+# fp32; in a server's batches of ~25 queries it is 40% slower (int8 MatMulNBits against
+# fp32 GEMM: 260 against 430 queries/s, docs/BENCHMARKS.md), so batches prefer fp32.
+FASTEST_ONE_AT_A_TIME = ("onnx-int8", "onnx-fp32")
+FASTEST_IN_BATCHES = ("onnx-fp32", "onnx-int8")
 TORCH = "torch"
 RUNTIMES = (*RUNTIME_FILES, TORCH)
 # ``--runtime`` of ``makevl search`` and ``makevl serve`` -> the Searcher's ``runtime``
@@ -154,18 +159,21 @@ def load_query_encoder(
     torch_encoder,
     runtime: str | None = None,
     threads: int = 1,
+    batched: bool = False,
 ):
     """The query encoder to search with: ``(encoder, runtime name)``.
 
-    ``runtime=None`` picks the fastest runtime the manifest records (torch when
-    none is, or when onnxruntime is not installed); a named one must be recorded.
+    ``runtime=None`` picks the fastest runtime the manifest records, one query
+    at a time or, with ``batched``, in batches (torch when none is recorded, or
+    when onnxruntime is not installed); a named one must be recorded.
     A runtime file whose SHA-256 differs from the manifest's is refused.
     """
     if runtime is not None and runtime not in RUNTIMES:
         raise ValueError(f"unknown query runtime {runtime!r}; expected one of {RUNTIMES}")
     recorded = manifest.get("runtimes", {})
     if runtime is None:
-        usable = [name for name in RUNTIME_FILES if name in recorded]
+        fastest = FASTEST_IN_BATCHES if batched else FASTEST_ONE_AT_A_TIME
+        usable = [name for name in fastest if name in recorded]
         if usable and not onnx_available():
             log.warning("%s: onnxruntime is not installed; queries run in torch", index_path)
             usable = []

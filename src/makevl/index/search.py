@@ -98,7 +98,8 @@ class Searcher:
     (passed to the vector backend). ``runtime`` picks the query runtime
     (``"torch"``, ``"onnx-fp32"``, ``"onnx-int8"``); by default the fastest one
     ``makevl export`` recorded in the manifest, else torch (see
-    :mod:`makevl.index.runtime`). ``query_threads`` is an ONNX runtime's
+    :mod:`makevl.index.runtime`; ``batched``: the fastest in batches, as a
+    server encodes). ``query_threads`` is an ONNX runtime's
     intra-op thread count (1 suits a server that batches under load; a single
     query on an idle machine finishes sooner on every core). ``encoder`` stays
     the torch encoder; ``query_encoder`` is the one queries run through.
@@ -117,6 +118,7 @@ class Searcher:
         nprobe: int = 64,
         runtime: str | None = None,
         query_threads: int = 1,
+        batched: bool = False,
     ) -> None:
         self.index_dir = Path(index_dir)
         stored = load_stored(
@@ -133,7 +135,7 @@ class Searcher:
         self.encoder = encoder
         self.model_hash = self.manifest["model_hash"]
         self.query_encoder, self.runtime = load_query_encoder(
-            self.path, self.manifest, encoder, runtime, query_threads
+            self.path, self.manifest, encoder, runtime, query_threads, batched
         )
 
         self.backend = stored.backend

@@ -6,10 +6,10 @@ Everything between the tokenizer and the vector searched with is in the graph:
 the query text tower, its masked-mean pooling, the projection and the keyword
 memory (Keyword Enhancement). Constant folding normalises the keyword table
 once, at export, instead of once per query. The text tower is traced with
-plain (eager) attention, and ONNX Runtime's transformer optimizer then fuses
-each layer's attention, the embeddings and the residual layer norms into single
-operators (739 graph nodes -> 115 for MiniLM-L6, about 10% less time a query;
-docs/BENCHMARKS.md).
+plain (eager) attention: the scaled-dot-product path exports as 739 nodes for
+MiniLM-L6 against 586, and runs a single query 5-20% slower. (ONNX Runtime's
+transformer optimizer, which fuses these into 115 nodes, made batches of 32
+12% slower for no gain on single queries, so it is not used; docs/BENCHMARKS.md.)
 
 Product side: title token ids and pixels in, the title and image towers'
 outputs out (``MakeModel.encode_title`` and ``encode_image`` as configured, any
@@ -69,35 +69,13 @@ def _quiet(level: int = logging.WARNING) -> Iterator[None]:
 
 @contextmanager
 def _eager_attention(text_model: nn.Module) -> Iterator[None]:
-    """Trace plain attention: its pattern is what ONNX Runtime's optimizer fuses; the
-    scaled-dot-product path exports as dozens of small ops per layer instead."""
+    """Trace plain attention: the scaled-dot-product path exports as more, smaller ops."""
     previous = text_model.config._attn_implementation
     text_model.set_attn_implementation("eager")
     try:
         yield
     finally:
         text_model.set_attn_implementation(previous)
-
-
-def fuse_transformer_ops(path: str | Path, text_config) -> Path:
-    """Rewrite the ONNX graph at ``path`` with BERT-style fused operators (in place).
-
-    Attention, embedding + layer norm, residual + layer norm and bias + GELU
-    become single ONNX Runtime operators; the arithmetic is the same, so the
-    parity check still compares the result with torch.
-    """
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    with _quiet():
-        optimized = optimize_model(
-            str(path),
-            model_type="bert",
-            num_heads=text_config.num_attention_heads,
-            hidden_size=text_config.hidden_size,
-            opt_level=0,  # only the fusions: ONNX Runtime applies its own at load
-        )
-        optimized.save_model_to_file(str(path))
-    return Path(path)
 
 
 def export_query_tower(model: MakeModel, path: str | Path) -> Path:
@@ -138,7 +116,7 @@ def export_query_tower(model: MakeModel, path: str | Path) -> Path:
             )
     finally:
         model.train(was_training)
-    return fuse_transformer_ops(path, text_model.config)
+    return path
 
 
 class ProductTowers(nn.Module):
@@ -206,7 +184,6 @@ def quantize_int8(source: str | Path, target: str | Path, block_size: int = 32) 
     Per-block scales keep the query vectors within cosine 0.9998 of fp32 on
     MiniLM-L6, where dynamic per-channel int8 (one scale per tensor for the
     activations) reached only 0.99 and changed 13-18% of the top-10.
-    The fused attention's input projections stay in float.
     """
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (
