@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from makevl.serving.app import create_app
@@ -51,3 +52,19 @@ def test_worker_process_stops_with_the_app(served_index):
         process = app.state.search_process
         assert (process is not None and process.running) == apart
     assert process is None or not process.running
+
+
+def test_a_search_process_that_dies_is_replaced(served_index):
+    app = create_app(served_index, batching=WORKER_PROCESS, reload_s=0)
+    if not can_search_apart(app.state.live_index.current):
+        pytest.skip("Milvus Lite searches in the server's own thread: no process to kill")
+    with TestClient(app) as client:
+        expected = client.get("/search", params=REQUESTS[0]).json()["results"]
+        first = app.state.search_process._process
+        first.kill()
+        first.wait()
+        response = client.get("/search", params=REQUESTS[0])
+        assert response.status_code == 200, response.text
+        assert response.json()["results"] == expected
+        assert app.state.search_process._process.pid != first.pid
+        assert "makevl_search_process_restarts 1\n" in client.get("/metrics").text

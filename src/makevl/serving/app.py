@@ -565,6 +565,11 @@ def create_app(
             "makevl_index_reloads": ("New index versions loaded since start.", live.reloads),
             "makevl_queue_depth": ("Searches waiting for the search worker.", batcher.depth),
         }
+        if app.state.search_process is not None:
+            gauges["makevl_search_process_restarts"] = (
+                "Search processes started again after one died.",
+                app.state.search_process.restarts,
+            )
         return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
     @app.get("/", include_in_schema=False)

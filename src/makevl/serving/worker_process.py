@@ -9,6 +9,10 @@ only hands each batch to a child process and waits on a pipe (GIL released);
 the child encodes and searches, and sends back ``(row, score)`` pairs, which
 the HTTP process turns into results from its own copy of the same index version.
 
+If the child dies (killed, out of memory), the next search starts a new one,
+which loads the requested version on demand, and is retried there once: one
+slow answer instead of failed searches until a restart.
+
 Messages are length-prefixed JSON over the child's stdin and stdout (no pickle).
 The child loads a version when told to (:meth:`SearchProcess.load`, which the
 live index calls before it serves a new version) and keeps it until the HTTP
@@ -85,23 +89,27 @@ class SearchProcess:
     def __init__(
         self, first: Searcher, threads: int | None = None, **searcher_options: Any
     ) -> None:
-        config = {
+        self._config = {
             "threads": threads,
             "options": {k: _json_value(v) for k, v in searcher_options.items() if k != "encoder"},
         }
         self._lock = threading.Lock()  # one request and its answer at a time
         self._unused: deque[str] = deque()  # versions no Searcher here serves any more
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "makevl.serving.worker_process", json.dumps(config)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
+        self.restarts = 0
+        self._process = self._start()
         try:
             self.load(first)  # also waits until the child is up
         except BaseException:
             self._process.kill()
             self._process.wait()
             raise
+
+    def _start(self) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "makevl.serving.worker_process", json.dumps(self._config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
 
     def load(self, searcher: Searcher) -> None:
         """Have the child load ``searcher``'s version (before the server serves it)."""
@@ -138,13 +146,17 @@ class SearchProcess:
     def _call(self, message: dict[str, Any]) -> Any:
         with self._lock:
             message["forget"] = [self._unused.popleft() for _ in range(len(self._unused))]
-            try:
-                send(self._process.stdin, message)
-                answer = receive(self._process.stdout)
-            except (OSError, ValueError) as exc:
-                answer, why = None, exc
-            else:
-                why = None
+            answer, why = self._exchange(message)
+            if answer is None and message["op"] == "search":
+                status = self._process.poll()
+                log.error("the search process stopped (exit status %s, %s); starting a new "
+                          "one", status, why)  # fmt: skip
+                self._process.kill()  # in case it hangs rather than exited
+                self._process.wait()
+                self._process = self._start()
+                self.restarts += 1
+                message["forget"] = []  # the new process has loaded nothing yet
+                answer, why = self._exchange(message)
         if answer is None:
             raise WorkerError(
                 f"the search process stopped (exit status {self._process.poll()}): {why or ''}"
@@ -152,6 +164,15 @@ class SearchProcess:
         if "error" in answer:
             raise CLIENT_ERRORS.get(answer["error"], WorkerError)(answer["message"])
         return answer["result"]
+
+    def _exchange(self, message: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]:
+        """Send ``message`` and read the answer: ``(answer, why)``, where ``answer`` is None
+        when the process has gone and ``why`` then says how."""
+        try:
+            send(self._process.stdin, message)
+            return receive(self._process.stdout), "it closed its output"
+        except (OSError, ValueError) as exc:
+            return None, exc
 
 
 def _json_value(value: Any) -> Any:
