@@ -57,10 +57,10 @@ class QueryTower(nn.Module):
 
 
 @contextmanager
-def _quiet(level: int = logging.WARNING) -> Iterator[None]:
-    """ONNX Runtime's quantizer and optimizer log every node to the root logger."""
+def _quiet() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs every node to the root logger."""
     previous = logging.root.manager.disable
-    logging.disable(level)
+    logging.disable(logging.INFO)
     try:
         yield
     finally:
@@ -194,7 +194,7 @@ def quantize_int8(source: str | Path, target: str | Path, block_size: int = 32) 
     config = DefaultWeightOnlyQuantConfig(
         block_size=block_size, is_symmetric=True, accuracy_level=4, bits=8
     )
-    with _quiet(logging.INFO):
+    with _quiet():
         quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=config)
         quantizer.process()
         quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
