@@ -24,9 +24,8 @@ import torch
 
 from makevl.data.catalog import Product
 from makevl.files import file_sha256
-from makevl.index.errors import IndexFileError
-from makevl.index.runtime import PARITY_GATES, ParityGate, onnx_available
-from makevl.index.store import MANIFEST
+from makevl.index.runtime import PARITY_GATES, Agreement, onnx_available, row_cosines
+from makevl.index.store import checked_file
 from makevl.models.inference import MakeEncoder
 
 log = logging.getLogger(__name__)
@@ -37,14 +36,11 @@ PARITY_PRODUCTS = 128  # catalog products the parity check encodes twice
 
 
 @dataclass(frozen=True)
-class ProductParity:
+class ProductParity(Agreement):
     products: int
     min_cosine: float  # every product vector, ONNX vs torch
     mean_cosine: float
     overlap: float  # mean share of the torch top-10 the runtime's vectors also return
-
-    def passes(self, gate: ParityGate) -> bool:
-        return self.min_cosine >= gate.min_cosine and self.overlap >= gate.min_overlap
 
     def __str__(self) -> str:
         return (
@@ -58,9 +54,7 @@ def product_parity(
 ) -> ProductParity:
     """Compare product vectors of torch (``reference``) and a runtime (``candidate``),
     row by row and by the top-``k`` each gives for ``queries`` (exact inner product)."""
-    cosine = np.sum(reference * candidate, axis=1) / (
-        np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
-    )
+    cosine = row_cosines(reference, candidate)
     k = min(k, len(reference))
     expected = np.argsort(-(queries @ reference.T), axis=1, kind="stable")[:, :k]
     found = np.argsort(-(queries @ candidate.T), axis=1, kind="stable")[:, :k]
@@ -162,15 +156,11 @@ def load_product_encoder(
     if not onnx_available():
         log.warning("%s: onnxruntime is not installed; products are encoded in torch", index_path)
         return torch_encoder
-    path = Path(index_path) / entry["file"]
-    if not path.is_file():
-        raise IndexFileError(f"{path}: missing (listed in {MANIFEST}); rebuild the index")
-    actual = file_sha256(path)
-    if actual != entry["sha256"]:
-        raise IndexFileError(
-            f"{path}: checksum mismatch (expected sha256 {entry['sha256'][:16]}..., got "
-            f"{actual[:16]}...); refusing to run this product runtime, rebuild the index"
-        )
+    path = checked_file(
+        Path(index_path) / entry["file"],
+        entry["sha256"],
+        "refusing to run this product runtime, rebuild the index",
+    )
     return OnnxProductEncoder(torch_encoder.model, path, torch_encoder.keywords, image_workers)
 
 

@@ -25,15 +25,22 @@ import numpy as np
 
 from makevl.files import file_sha256
 from makevl.index.errors import IndexFileError, IndexStoreError
-from makevl.index.store import MANIFEST, load_stored, new_version, publish, writer_lock
+from makevl.index.store import (
+    MANIFEST,
+    checked_file,
+    load_stored,
+    new_version,
+    publish,
+    writer_lock,
+)
 
 log = logging.getLogger(__name__)
 
-# Runtime name -> file in the index version; fastest first.
+# Runtime name -> file in the index version.
 RUNTIME_FILES = {"onnx-int8": "query_tower.int8.onnx", "onnx-fp32": "query_tower.onnx"}
-# Fastest first. One query at a time the block-wise int8 tower is 10-20% faster than
-# fp32; in a server's batches of ~25 queries it is 40% slower (int8 MatMulNBits against
-# fp32 GEMM: 260 against 430 queries/s, docs/BENCHMARKS.md), so batches prefer fp32.
+# Fastest first. One query at a time the block-wise int8 tower is 15-20% faster than
+# fp32; in batches of 32 it is 35% slower (int8 MatMulNBits against fp32 GEMM: 289
+# against 449 queries/s, docs/BENCHMARKS.md), so a batching server prefers fp32.
 FASTEST_ONE_AT_A_TIME = ("onnx-int8", "onnx-fp32")
 FASTEST_IN_BATCHES = ("onnx-fp32", "onnx-int8")
 TORCH = "torch"
@@ -53,14 +60,26 @@ PARITY_GATES = {"onnx-fp32": ParityGate(0.999, 0.99), "onnx-int8": ParityGate(0.
 
 
 @dataclass(frozen=True)
-class Parity:
+class Agreement:
+    """What a parity check found (fields ``min_cosine`` and ``overlap`` in subclasses)."""
+
+    def passes(self, gate: ParityGate) -> bool:
+        return self.min_cosine >= gate.min_cosine and self.overlap >= gate.min_overlap
+
+
+def row_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Cosine of each row of ``candidate`` with the same row of ``reference``."""
+    return np.sum(reference * candidate, axis=1) / (
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+    )
+
+
+@dataclass(frozen=True)
+class Parity(Agreement):
     queries: int
     min_cosine: float
     mean_cosine: float
     overlap: float  # mean top-k overlap
-
-    def passes(self, gate: ParityGate) -> bool:
-        return self.min_cosine >= gate.min_cosine and self.overlap >= gate.min_overlap
 
     def __str__(self) -> str:
         return (
@@ -78,9 +97,7 @@ def measure_parity(reference: np.ndarray, candidate: np.ndarray, search, k: int 
 
     ``search(vectors, k) -> (scores, ids)`` is the index searched with both.
     """
-    cosine = np.sum(reference * candidate, axis=1) / (
-        np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
-    )
+    cosine = row_cosines(reference, candidate)
     _, expected = search(np.ascontiguousarray(reference, dtype=np.float32), k)
     _, found = search(np.ascontiguousarray(candidate, dtype=np.float32), k)
     overlaps = [
@@ -186,15 +203,11 @@ def load_query_encoder(
             f"run `makevl export {index_path}` first"
         )
     entry = recorded[runtime]
-    path = index_path / entry["file"]
-    if not path.is_file():
-        raise IndexFileError(f"{path}: missing (listed in {MANIFEST}); run `makevl export` again")
-    actual = file_sha256(path)
-    if actual != entry["sha256"]:
-        raise IndexFileError(
-            f"{path}: checksum mismatch (expected sha256 {entry['sha256'][:16]}..., got "
-            f"{actual[:16]}...); refusing to run this query runtime, run `makevl export` again"
-        )
+    path = checked_file(
+        index_path / entry["file"],
+        entry["sha256"],
+        "refusing to run this query runtime, run `makevl export` again",
+    )
     model = getattr(torch_encoder, "model", None)
     if model is None:
         raise IndexStoreError(

@@ -203,18 +203,26 @@ def read_manifest(index_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def checked_file(path: Path, sha256: str, remedy: str) -> Path:
+    """``path``, once it exists and has the SHA-256 the manifest recorded for it.
+
+    ``remedy`` ends the error: what the user should run to get a good file.
+    """
+    if not path.is_file():
+        raise IndexFileError(f"{path}: missing (listed in {MANIFEST}); {remedy}")
+    actual = file_sha256(path)
+    if actual != sha256:
+        raise IndexFileError(
+            f"{path}: checksum mismatch (expected sha256 {sha256[:16]}..., got "
+            f"{actual[:16]}...); {remedy}"
+        )
+    return path
+
+
 def verify_files(index_dir: str | Path, manifest: dict[str, Any]) -> None:
     """Check every file the manifest lists exists and matches its SHA-256."""
     for name, info in manifest["files"].items():
-        path = Path(index_dir) / name
-        if not path.is_file():
-            raise IndexFileError(f"{path}: missing (listed in {MANIFEST}); rebuild the index")
-        actual = file_sha256(path)
-        if actual != info["sha256"]:
-            raise IndexFileError(
-                f"{path}: checksum mismatch (expected sha256 {info['sha256'][:16]}..., "
-                f"got {actual[:16]}...); the file is corrupt, rebuild the index"
-            )
+        checked_file(Path(index_dir) / name, info["sha256"], "the file is corrupt, rebuild the index")
 
 
 def check_model(manifest: dict[str, Any], model_hash: str | None, index_dir: Path) -> None:
