@@ -102,7 +102,9 @@ class TrainConfig(_Section):
     seed: int = 0
     epochs: int = Field(3, ge=0)
     max_steps: int | None = None  # stop after this many optimizer steps
-    max_minutes: float | None = None  # wall-clock budget; a checkpoint is saved at the end
+    # Wall-clock budget of the run's training (resumed sessions count together): the LR
+    # decays to zero by its end, and a checkpoint is saved there.
+    max_minutes: float | None = None
     batch_size: int = Field(32, gt=0)
     grad_accum_steps: int = Field(1, ge=1)
     lr: float = Field(3e-4, gt=0.0)

@@ -167,3 +167,31 @@ def test_distillation_keeps_the_query_geometry_of_the_pretrained_tower():
     assert not teacher.tower.training  # never switched to train mode with the objective
     without, with_term = (_query_geometry_gap(runs[w][0], teacher) for w in (0.0, 1.0))
     assert with_term < 0.5 * without, (with_term, without)
+
+
+@pytest.mark.parametrize(
+    ("branch", "unused_tower"), [("image", "title_encoder"), ("title", "image_encoder")]
+)
+def test_a_single_branch_model_trains_without_the_towers_it_never_reads(branch, unused_tower):
+    model = tiny_model(seed=2, product_branch=branch).train()
+    objective = MakeObjective(model, ONLY_QUERY_PRODUCT)
+    assert objective.branches == ()  # no term reads a branch on its own
+
+    def never(*args, **kwargs):
+        raise AssertionError(f"{unused_tower} ran for a {branch}-only model")
+
+    getattr(model, unused_tower).forward = never
+    model.fusion.forward = never
+    batch = make_batch(model, seed=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(20):
+        out = objective(batch)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(out["loss"].item())
+    assert losses[-1] < 0.5 * losses[0]
+    # A term that reads the other branch makes the objective compute it again.
+    reads_title = MakeObjective(model, LossConfig(query_title=1.0, title_image=0, query_image=0))
+    assert "title" in reads_title.branches

@@ -22,7 +22,12 @@ from makevl.data.demo import make_demo_shop
 from makevl.models.checkpoint import load_checkpoint
 from makevl.models.make import MakeModel
 from makevl.training.checkpoint import load_trainer_state
-from makevl.training.trainer import TrainingError, build_optimizer, lr_lambda, train
+from makevl.training.trainer import (
+    LearningRateSchedule,
+    TrainingError,
+    build_optimizer,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -201,10 +206,45 @@ def test_kill_9_loses_at_most_save_every_steps_and_resumes_identically(
 
 
 def test_schedule_warms_up_then_decays_to_zero():
-    factor = lr_lambda(warmup_steps=4, total_steps=20)
+    factor = LearningRateSchedule(warmup_steps=4, total_steps=20)
     assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     decay = [factor(s) for s in range(4, 21)]
     assert decay == sorted(decay, reverse=True) and decay[-1] == pytest.approx(0.0)
+
+
+def test_schedule_decays_by_the_time_budget_when_that_ends_first():
+    # 1,000 steps would take far longer than the 60 s budget: the budget sets the decay.
+    factor = LearningRateSchedule(warmup_steps=4, total_steps=1000, budget_seconds=60.0)
+    factor.run_seconds = 30.0
+    assert factor(10) == pytest.approx(0.5)  # half the budget spent: half-way down the cosine
+    factor.run_seconds = 60.0
+    assert factor(11) == pytest.approx(0.0)
+    assert factor(2) == 0.75  # warmup is by steps
+    # The steps end first: the budget does not slow the decay down.
+    factor.run_seconds = 1.0
+    assert factor(1000) == pytest.approx(0.0)
+    assert LearningRateSchedule(4, 1000)(10) > 0.99  # without a budget: the step schedule
+
+
+def test_a_run_its_budget_stops_ends_on_a_small_lr_and_resumes_with_the_time_spent(
+    demo40, tmp_path, tiny_config
+):
+    # 500 epochs of 6 steps take minutes; a 6-second budget stops the run long before.
+    cfg = tiny_config(demo40, tmp_path, "train.max_minutes=0.1", "train.epochs=500",
+                      "train.lr=1e-3", "train.num_threads=1")  # fmt: skip
+    first = train(cfg, stop_after=3)
+    spent = load_trainer_state(tmp_path / "last")["run_seconds"]
+    assert first.stopped == "stop_after" and 0 < spent < 6
+    result = train(cfg, resume=True)
+    assert result.stopped == "max_minutes"
+    state = load_trainer_state(tmp_path / "last")
+    assert state["run_seconds"] >= 6  # the resumed session counted on from the first one's time
+    peak = max(m["lr"] for m in metrics(tmp_path) if "lr" in m)
+    assert peak == pytest.approx(1e-3, rel=0.05)
+    # The LR of the next step, were there one: near zero, not near the peak (the step
+    # schedule alone would still be near it after so few of its 3,000 steps).
+    assert state["optimizer"]["param_groups"][0]["lr"] < 0.1 * peak
+    assert LearningRateSchedule(2, 500 * 6)(result.step) > 0.9
 
 
 def test_optimizer_groups(demo40, tmp_path, tiny_config):

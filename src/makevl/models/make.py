@@ -229,6 +229,12 @@ class MakeModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.title_encoder(input_ids, attention_mask)
 
+    @property
+    def product_branches(self) -> tuple[str, ...]:
+        """The branches the product vector is made of: all three under MA, else one."""
+        branch = self.model_cfg.product_branch
+        return BRANCHES if branch == "adaptive" else (branch,)
+
     def encode_product(
         self,
         title_input_ids: torch.Tensor | None,
@@ -238,47 +244,48 @@ class MakeModel(nn.Module):
         image_pooled: torch.Tensor | None = None,
         title_tokens: torch.Tensor | None = None,
         title_pooled: torch.Tensor | None = None,
+        branches: tuple[str, ...] = BRANCHES,
     ) -> dict[str, torch.Tensor]:
         """Product vectors, one per branch, their MA mix ``product`` and ``modality_weights``
-        [B, 3] over ``BRANCHES``; cached tower outputs, when given, replace the raw inputs."""
-        if title_tokens is None or title_pooled is None:
+        [B, 3] over ``BRANCHES``; cached tower outputs, when given, replace the raw inputs.
+
+        Only ``branches`` and those the product vector is made of are computed and
+        returned, so a single-branch model (a baseline) trains without running the
+        towers and fusion layers it never uses.
+        """
+        wanted = set(branches) | set(self.product_branches)
+        if wanted & {"title", "fused"} and (title_tokens is None or title_pooled is None):
             if title_input_ids is None:
                 raise ValueError(
                     "encode_product needs title_input_ids or title_tokens+title_pooled"
                 )
             title_tokens, title_pooled = self.encode_title(title_input_ids, title_attention_mask)
-        if image_tokens is None or image_pooled is None:
+        if wanted & {"image", "fused"} and (image_tokens is None or image_pooled is None):
             if pixel_values is None:
                 raise ValueError("encode_product needs pixel_values or image_tokens+image_pooled")
             image_tokens, image_pooled = self.encode_image(pixel_values)
 
-        title = F.normalize(self.title_proj(title_pooled), dim=-1)
-        image = F.normalize(self.image_proj(image_pooled), dim=-1)
-        fused_state = self.fusion(title_tokens, title_attention_mask, image_tokens, image_pooled)
-        fused = F.normalize(self.fused_proj(fused_state), dim=-1)
-        branches = torch.stack([title, image, fused], dim=1)  # [B, 3, d]
+        out: dict[str, torch.Tensor] = {}
+        if "title" in wanted:
+            out["title"] = F.normalize(self.title_proj(title_pooled), dim=-1)
+        if "image" in wanted:
+            out["image"] = F.normalize(self.image_proj(image_pooled), dim=-1)
+        if "fused" in wanted:
+            fused_state = self.fusion(title_tokens, title_attention_mask, image_tokens, image_pooled)
+            out["fused"] = F.normalize(self.fused_proj(fused_state), dim=-1)
 
-        batch = title.shape[0]
-        single = (
-            BRANCHES.index(self.model_cfg.product_branch)
-            if (self.model_cfg.product_branch != "adaptive")
-            else None
-        )
-        if single is not None:
-            weights = (
-                F.one_hot(torch.tensor(single, device=branches.device), 3)
-                .to(branches.dtype)
-                .expand(batch, 3)
-            )
-        elif self.gate is None:
-            weights = branches.new_full((batch, 3), 1.0 / 3)
+        if len(self.product_branches) == 1:
+            (branch,) = self.product_branches
+            vector = out[branch]
+            weights = F.one_hot(torch.tensor(BRANCHES.index(branch), device=vector.device), 3)
+            out["modality_weights"] = weights.to(vector.dtype).expand(len(vector), 3)
+            out["product"] = vector
+            return out
+        stacked = torch.stack([out[name] for name in BRANCHES], dim=1)  # [B, 3, d]
+        if self.gate is None:
+            weights = stacked.new_full((len(stacked), 3), 1.0 / 3)
         else:
-            weights = self.gate(branches.flatten(1)).softmax(dim=-1)
-        product = F.normalize((weights.unsqueeze(-1) * branches).sum(1), dim=-1)
-        return {
-            "product": product,
-            "modality_weights": weights,
-            "title": title,
-            "image": image,
-            "fused": fused,
-        }
+            weights = self.gate(stacked.flatten(1)).softmax(dim=-1)
+        out["product"] = F.normalize((weights.unsqueeze(-1) * stacked).sum(1), dim=-1)
+        out["modality_weights"] = weights
+        return out

@@ -29,17 +29,21 @@ from makevl.models.losses import (
     gather_with_grad,
     keyword_prediction_loss,
 )
-from makevl.models.make import MakeModel
+from makevl.models.make import BRANCHES, MakeModel
 
 # A term returns its loss, or None when the batch lacks its inputs.
 LossTerm = Callable[["LossInputs"], "torch.Tensor | None"]
 LOSS_TERMS: dict[str, LossTerm] = {}
 READS_QUERY: set[str] = set()  # terms that read the query vectors
+READS_BRANCHES: dict[str, tuple[str, ...]] = {}  # term -> product branches it reads on their own
 TERM_STATE: dict[str, Callable[[MakeModel], nn.Module]] = {}  # term -> builds its state
 
 
 def register_loss_term(
-    name: str, reads_query: bool = False, state: Callable[[MakeModel], nn.Module] | None = None
+    name: str,
+    reads_query: bool = False,
+    state: Callable[[MakeModel], nn.Module] | None = None,
+    reads_branches: tuple[str, ...] = (),
 ) -> Callable[[LossTerm], LossTerm]:
     """Register a loss term under ``name``, the name of its weight in ``LossConfig``.
 
@@ -47,7 +51,8 @@ def register_loss_term(
     then encoded right after the products, so dropout draws its random numbers in
     the same order whichever query terms are on. ``state(model)`` builds what the
     term keeps between batches (read as ``LossInputs.state[name]``), only when the
-    term is on.
+    term is on. ``reads_branches``: the product branches (``"title"``, ``"image"``)
+    the term reads apart from the product vector; no term on, no branch computed.
     """
 
     def register(term: LossTerm) -> LossTerm:
@@ -58,6 +63,7 @@ def register_loss_term(
             READS_QUERY.add(name)
         if state is not None:
             TERM_STATE[name] = state
+        READS_BRANCHES[name] = reads_branches
         return term
 
     return register
@@ -87,6 +93,7 @@ class LossInputs:
         memory_bank: ProductMemoryBank | None = None,
         encode_queries: bool = False,
         state: Mapping[str, nn.Module] | None = None,
+        branches: tuple[str, ...] = BRANCHES,
     ) -> None:
         self.model = model
         self.batch = batch
@@ -102,6 +109,7 @@ class LossInputs:
             image_pooled=batch.get("image_pooled"),
             title_tokens=batch.get("title_tokens"),
             title_pooled=batch.get("title_pooled"),
+            branches=branches,
         )
         self.product = gather_with_grad(self.products["product"])
         if encode_queries:
@@ -145,18 +153,18 @@ def query_product(x: LossInputs) -> torch.Tensor:
     return contrastive_loss(x.query, x.product, x.scale, x.ids, extra_vectors, extra_ids)
 
 
-@register_loss_term("title_image")
+@register_loss_term("title_image", reads_branches=("title", "image"))
 def title_image(x: LossInputs) -> torch.Tensor:
     """Aligns the title and image branches of the same product."""
     return contrastive_loss(x.title, x.image, x.scale, x.ids)
 
 
-@register_loss_term("query_title", reads_query=True)
+@register_loss_term("query_title", reads_query=True, reads_branches=("title",))
 def query_title(x: LossInputs) -> torch.Tensor:
     return contrastive_loss(x.query, x.title, x.scale, x.ids)
 
 
-@register_loss_term("query_image", reads_query=True)
+@register_loss_term("query_image", reads_query=True, reads_branches=("image",))
 def query_image(x: LossInputs) -> torch.Tensor:
     return contrastive_loss(x.query, x.image, x.scale, x.ids)
 
@@ -247,6 +255,8 @@ class MakeObjective(nn.Module):
         self.model = model
         self.terms = build_loss_terms(loss_cfg.model_dump())
         self.reads_query = any(name in READS_QUERY for name in self.terms)
+        read = {branch for name in self.terms for branch in READS_BRANCHES[name]}
+        self.branches = tuple(branch for branch in BRANCHES if branch in read)
         self.term_state = nn.ModuleDict(
             {name: TERM_STATE[name](model) for name in self.terms if name in TERM_STATE}
         )
@@ -256,7 +266,7 @@ class MakeObjective(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         inputs = LossInputs(
-            self.model, batch, self.memory_bank, self.reads_query, self.term_state
+            self.model, batch, self.memory_bank, self.reads_query, self.term_state, self.branches
         )
         losses: dict[str, torch.Tensor] = {}
         for name, (_, term) in self.terms.items():

@@ -99,6 +99,15 @@ def average_gradients(parameters, info: DistInfo) -> None:
             param.grad /= info.world_size
 
 
+def max_float(value: float, info: DistInfo) -> float:
+    """The largest ``value`` over all ranks, on every rank."""
+    if not info.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=info.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
 def any_rank(flag: bool, info: DistInfo) -> bool:
     """True on every rank when ``flag`` is true on any; keeps ranks in step (e.g. on SIGTERM)."""
     if not info.enabled:

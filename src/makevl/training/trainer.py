@@ -111,16 +111,38 @@ def recall_at_k(model: MakeModel, query_set: QuerySet, k: int = 10) -> float:
     ]))
 
 
-def lr_lambda(warmup_steps: int, total_steps: int):
-    """Linear warmup to the peak LR, then cosine decay to zero at ``total_steps``."""
+class LearningRateSchedule:
+    """The LR factor of each step: linear warmup to the peak, then cosine decay to zero.
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    The decay ends at ``total_steps`` or, under a wall-clock budget
+    (``train.max_minutes``), when the budget is spent: whichever comes first. A run
+    its budget cuts short still ends on a small LR, as one that reaches its last
+    step does, instead of stopping near the peak LR with the weights wherever the
+    last noisy steps left them (budget-aware decay: Li, Yumer and Ramanan,
+    "Budgeted Training", ICLR 2020). The trainer sets ``run_seconds`` before each
+    step.
+    """
 
-    return factor
+    def __init__(
+        self, warmup_steps: int, total_steps: int, budget_seconds: float | None = None
+    ) -> None:
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.budget_seconds = budget_seconds
+        self.run_seconds = 0.0
+
+    def progress(self, step: int) -> float:
+        """How far the decay is, 0 to 1: by steps, or by the budget when that is further."""
+        by_steps = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        if self.budget_seconds is None:
+            return by_steps
+        by_time = self.run_seconds / self.budget_seconds if self.budget_seconds > 0 else 1.0
+        return max(by_steps, by_time)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, self.progress(step)))))
 
 
 def build_optimizer(model: MakeModel, cfg: RunConfig) -> torch.optim.AdamW:
@@ -304,10 +326,16 @@ class Trainer:
         self.steps_per_epoch = batches // self.accum
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
         self.optimizer = build_optimizer(self.model, cfg)
+        budget = 60 * t.max_minutes if t.max_minutes is not None else None
+        self.schedule = LearningRateSchedule(t.warmup_steps, self.total_steps, budget)
+        # A lambda, so the schedule's settings are not in the scheduler's saved state:
+        # a resumed run decays over its own budget; the time spent is in "run_seconds".
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(t.warmup_steps, self.total_steps)
+            self.optimizer, lambda step: self.schedule(step)
         )
         self.step = self.epoch = self.batch_in_epoch = 0
+        self.seconds_before = 0.0  # training time of earlier sessions of this run
+        self.session_start = time.monotonic()
         self.bad_counts: Counter[str] = Counter()
         self.good_samples = 0
         self.best_recall = self.initial_recall = self.last_recall = None
@@ -451,6 +479,7 @@ class Trainer:
             self.bad_counts = Counter(state["bad_counts"])
             self.good_samples = state["good_samples"]
         self.best_recall = state["best_recall"]
+        self.seconds_before = state.get("run_seconds", 0.0)  # absent before the budgeted LR
         self.initial_recall = state["initial_recall"]
         self.last_recall = state["last_recall"]
         rng_states = state["rng"]
@@ -483,6 +512,7 @@ class Trainer:
             "best_recall": self.best_recall,
             "initial_recall": self.initial_recall,
             "last_recall": self.last_recall,
+            "run_seconds": self._run_seconds(),
             "memory_bank": memory_bank_state(self.objective),
         }
 
@@ -585,14 +615,20 @@ class Trainer:
         self.step += 1
         return lr
 
-    def _should_stop(self, session_start: float, session_steps: int) -> str | None:
+    def _run_seconds(self) -> float:
+        """Wall-clock seconds this run has trained, all sessions together; equal on every rank
+        (the LR follows it, and ranks with different LRs would drift apart)."""
+        seconds = self.seconds_before + time.monotonic() - self.session_start
+        return dist_utils.max_float(seconds, self.info)
+
+    def _should_stop(self, session_steps: int) -> str | None:
         reason = None
         if self.stop_request.signal_name:
             reason = self.stop_request.signal_name
         elif self.stop_after is not None and session_steps >= self.stop_after:
             reason = "stop_after"
         elif self.cfg.train.max_minutes is not None and (
-            time.monotonic() - session_start > 60 * self.cfg.train.max_minutes
+            self._run_seconds() > 60 * self.cfg.train.max_minutes
         ):
             reason = "max_minutes"
         # Every rank must stop at the same step: agree on "any rank wants to stop".
@@ -605,7 +641,7 @@ class Trainer:
         if self.step == 0 and self.batch_in_epoch == 0 and self.initial_recall is None:
             self.validate()  # the untrained model's recall, the baseline to beat
         self.model.train()
-        session_start, session_steps = time.monotonic(), 0
+        self.session_start, session_steps = time.monotonic(), 0
         samples, train_seconds = 0, 0.0  # global samples this session, time in steps
         last_loss: float | None = None
         stopped: str | None = None
@@ -634,6 +670,8 @@ class Trainer:
                 if not sync:
                     continue
 
+                if t.max_minutes is not None:  # the LR decays by the time spent
+                    self.schedule.run_seconds = self._run_seconds()
                 lr = self._optimizer_step()
                 session_steps += 1
                 train_seconds += time.perf_counter() - tick
@@ -664,7 +702,7 @@ class Trainer:
                 tick = time.perf_counter()
                 if self.step >= self.total_steps:
                     break
-                stopped = self._should_stop(session_start, session_steps)
+                stopped = self._should_stop(session_steps)
                 if stopped:
                     break
         progress.close()
