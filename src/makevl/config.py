@@ -73,9 +73,6 @@ class ModelConfig(_Section):
     # Also append RGB colour histograms of the photo (this many soft bins per channel;
     # models/backbones.py colour_histogram); 0: none.
     image_colour_levels: int = Field(0, ge=0)
-    # Hidden width of a two-layer MLP from the pooled image features to the image vector
-    # (a frozen tower's features combined non-linearly: "red" and "dress" together); 0: linear.
-    image_head_hidden: int = Field(0, ge=0)
     embed_dim: int = Field(256, gt=0)
     fusion_layers: int = Field(2, ge=1)
     fusion_heads: int = Field(4, ge=1)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from makevl.config import LossConfig, ModelConfig, RunConfig
-from makevl.models.make import MakeModel, projection
+from makevl.models.make import MakeModel
 from makevl.models.objective import MakeObjective
 from models.tiny import colour_swatches, make_batch, product_inputs, tiny_model
 
@@ -181,43 +181,3 @@ def test_the_pooled_image_token_exists_only_when_the_pooled_vector_adds_to_the_t
                                   image_colour_levels=2), image_size=32)
     assert model.fusion.pooled_image_in.in_features == model.image_encoder.pooled_features
 
-
-def _fit_two_classes(head: torch.nn.Module, features, labels, steps=200) -> torch.nn.Module:
-    """Contrastive-style: the head's unit vector should match its class's fixed unit vector."""
-    classes = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)
-    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
-    for _ in range(steps):
-        vectors = torch.nn.functional.normalize(head(features), dim=-1)
-        loss = torch.nn.functional.cross_entropy(10 * vectors @ classes.t(), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return lambda x: (torch.nn.functional.normalize(head(x), dim=-1) @ classes.t()).argmax(-1)
-
-
-def test_an_mlp_image_head_learns_a_conjunction_the_linear_head_cannot():
-    # The class is "feature 0 is high XOR feature 1 is high": like "red" and "dress" only
-    # together, no linear map of the features tells it.
-    torch.manual_seed(0)
-    features = torch.randn(2048, 16)  # two telling features, fourteen of noise
-    labels = ((features[:, 0] > 0) ^ (features[:, 1] > 0)).long()
-    train, held_out = slice(0, 1536), slice(1536, None)
-    accuracy = {}
-    for hidden in (0, 64):
-        torch.manual_seed(1)
-        head = projection(16, 16, hidden)
-        predict = _fit_two_classes(head, features[train], labels[train])
-        with torch.no_grad():
-            accuracy[hidden] = (predict(features[held_out]) == labels[held_out]).float().mean()
-    assert accuracy[64] > 0.75 and accuracy[0] < 0.65, accuracy  # linear: chance (0.5)
-
-
-def test_the_image_head_setting_reaches_the_model():
-    assert isinstance(tiny_model().image_proj, torch.nn.Linear)
-    model = tiny_model(image_head_hidden=24).eval()
-    assert isinstance(model.image_proj, torch.nn.Sequential)
-    assert model.image_proj[1].out_features == 24
-    with torch.no_grad():
-        out = model.encode_product(**product_inputs(make_batch(model)))
-    assert out["image"].shape == (6, 32)
-    torch.testing.assert_close(out["image"].norm(dim=-1), torch.ones(6))

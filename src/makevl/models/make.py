@@ -24,16 +24,6 @@ from makevl.models.backbones import create_image_tower, create_text_tower
 BRANCHES = ("title", "image", "fused")  # order of the Modal Adaptation weights
 
 
-def projection(in_dim: int, out_dim: int, hidden: int = 0) -> nn.Module:
-    """A linear map, or with ``hidden`` an MLP: LayerNorm (the pooled features and colour
-    histograms come on different scales), Linear, GELU, Linear."""
-    if not hidden:
-        return nn.Linear(in_dim, out_dim)
-    return nn.Sequential(
-        nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim)
-    )
-
-
 class FusionEncoder(nn.Module):
     """Transformer layers over [CLS; title tokens; image tokens] -> the CLS output.
 
@@ -149,9 +139,7 @@ class MakeModel(nn.Module):
 
         self.query_proj = nn.Linear(self.query_encoder.hidden_size, d)
         self.title_proj = nn.Linear(title_dim, d)
-        self.image_proj = projection(
-            self.image_encoder.pooled_features, d, model_cfg.image_head_hidden
-        )
+        self.image_proj = nn.Linear(self.image_encoder.pooled_features, d)
         self.fused_proj = nn.Linear(d, d)
         # Modal Adaptation: per-product weights over (title, image, fused).
         self.gate = (
