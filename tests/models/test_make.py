@@ -180,4 +180,3 @@ def test_the_pooled_image_token_exists_only_when_the_pooled_vector_adds_to_the_t
     model = MakeModel(ModelConfig(embed_dim=32, fusion_layers=1, fusion_heads=2,
                                   image_colour_levels=2), image_size=32)
     assert model.fusion.pooled_image_in.in_features == model.image_encoder.pooled_features
-
