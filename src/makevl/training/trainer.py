@@ -1,7 +1,8 @@
 """MAKE pre-training loop: ``train(cfg)`` runs one job, on one process or under torchrun.
 
 The loop is plain PyTorch (as nanoGPT / open_clip): AdamW with linear warmup
-and cosine decay, gradient accumulation, clipping, optional bf16 autocast,
+and cosine decay to zero (at the last step, or at the end of a wall-clock
+budget), gradient accumulation, clipping, optional bf16 autocast,
 DDP when ``torchrun`` starts several ranks. A checkpoint is written at every
 validation, every ``train.save_every_steps`` steps and at the end;
 ``resume=True`` continues from ``out_dir/last``
