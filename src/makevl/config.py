@@ -65,6 +65,9 @@ class ModelConfig(_Section):
     text_backbone: str = "tiny"  # "tiny", "minilm" or a local Hugging Face model directory
     query_backbone: str | None = None  # None: same architecture as text_backbone, own weights
     shared_query_title_encoder: bool = False  # ablation: one text encoder for both
+    # Keep only the query tower's first N transformer layers: the query side runs online,
+    # per keystroke, and its cost grows with depth; None: all of them.
+    query_layers: int | None = Field(None, ge=1)
     image_backbone: str = "tiny"  # "tiny", "efficientnet_lite0" or any timm model name
     image_weights: str | None = None  # local weight file for a timm image backbone
     # Also pool the image tower's last N stages before the final map into the image

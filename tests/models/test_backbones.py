@@ -18,6 +18,7 @@ from makevl.models.backbones import (
     colour_histogram_size,
     create_image_tower,
     create_text_tower,
+    keep_first_layers,
     load_efficientnet_lite0_weights,
     register_image_tower,
     register_text_tower,
@@ -58,6 +59,23 @@ def test_tiny_text_encoder_is_reproducible_under_manual_seed():
     key = "model.encoder.layer.0.attention.self.query.weight"
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not torch.equal(first[key], third[key])
+
+
+def test_keeping_the_first_layers_gives_the_full_towers_hidden_state_after_them():
+    torch.manual_seed(0)
+    full = create_text_tower("tiny").eval()
+    torch.manual_seed(0)
+    short = keep_first_layers(create_text_tower("tiny"), 1).eval()
+    assert len(short.model.encoder.layer) == 1 and short.model.config.num_hidden_layers == 1
+    ids, mask = tokenize(full, ["red shoe", "blue cotton shirts for men"])
+    with torch.no_grad():
+        states = full.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        tokens, _ = short(ids, mask)
+        full_tokens, _ = full(ids, mask)
+    torch.testing.assert_close(tokens, states.hidden_states[1])  # after layer 1 of 2
+    assert not torch.allclose(tokens, full_tokens)
+    with pytest.raises(BackboneError, match="has 1 layers; cannot keep 2"):
+        keep_first_layers(short, 2)
 
 
 def test_unknown_text_backbone_names_the_path(tmp_path):

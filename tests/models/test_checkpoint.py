@@ -121,3 +121,19 @@ def test_missing_config_is_a_clear_error(setup, tmp_path: Path) -> None:
     (directory / ckpt.CONFIG).unlink()
     with pytest.raises(CheckpointError, match="config.yaml missing"):
         load_checkpoint(directory)
+
+
+def test_a_shallower_query_tower_comes_back_from_its_checkpoint(setup, tmp_path: Path) -> None:
+    cfg, vocab, _ = setup
+    cfg.model.query_layers = 1
+    torch.manual_seed(0)
+    model = MakeModel.from_config(cfg, num_keywords=len(vocab))
+    assert len(model.query_encoder.model.encoder.layer) == 1
+    assert len(model.title_encoder.model.encoder.layer) == 2  # the title tower keeps its depth
+    save_checkpoint(tmp_path / "run" / "best", model, cfg, vocab)
+    loaded, loaded_cfg, _ = load_checkpoint(tmp_path / "run")
+    assert loaded_cfg.model.query_layers == 1
+    assert_same_weights(model, loaded)
+    cfg.model.shared_query_title_encoder = True
+    with pytest.raises(ValueError, match="query_layers needs a query tower of its own"):
+        MakeModel.from_config(cfg, num_keywords=len(vocab))

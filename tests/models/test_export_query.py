@@ -39,8 +39,9 @@ def torch_vectors(model) -> np.ndarray:
         return model.encode_query(batch["input_ids"], batch["attention_mask"]).numpy()
 
 
-def test_the_exported_tower_gives_torchs_vectors(tmp_path):
-    model = tiny_model().eval()
+@pytest.mark.parametrize("query_layers", [None, 1])
+def test_the_exported_tower_gives_torchs_vectors(tmp_path, query_layers):
+    model = tiny_model(query_layers=query_layers).eval()
     path = export_query_tower(model, tmp_path / "query.onnx")
     np.testing.assert_allclose(onnx_vectors(model, path), torch_vectors(model), atol=1e-4)
     # traced with eager attention, and the torch model's own attention left as it was

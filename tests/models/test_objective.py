@@ -7,6 +7,7 @@ from makevl.config import LossConfig
 from makevl.models.losses import ProductMemoryBank
 from makevl.models.objective import (
     LOSS_TERMS,
+    LossInputs,
     MakeObjective,
     build_loss_terms,
     register_loss_term,
@@ -140,7 +141,7 @@ def test_memory_bank_adds_negatives():
 
 def _query_geometry_gap(model, teacher) -> float:
     """The distillation term's value for ``model``'s queries: how far its geometry is from the teacher's."""
-    from makevl.models.objective import LossInputs, query_distillation
+    from makevl.models.objective import query_distillation
 
     with torch.no_grad():
         inputs = LossInputs(model, make_batch(model), state={"query_distillation": teacher})
@@ -195,3 +196,7 @@ def test_a_single_branch_model_trains_without_the_towers_it_never_reads(branch, 
     # A term that reads the other branch makes the objective compute it again.
     reads_title = MakeObjective(model, LossConfig(query_title=1.0, title_image=0, query_image=0))
     assert "title" in reads_title.branches
+    # One that reads a branch without saying so is told how to.
+    inputs = LossInputs(model, batch, branches=())
+    with pytest.raises(KeyError, match=r"reads_branches=\('title',\)"):
+        inputs.title

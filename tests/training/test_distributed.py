@@ -84,3 +84,34 @@ def test_two_ranks_match_one_process_on_the_global_batch(demo40, tmp_path, tiny_
     weights_one = load_file(one / "last" / "model.safetensors")
     for key in weights_one:
         torch.testing.assert_close(weights_two[key], weights_one[key], rtol=1e-4, atol=1e-5)
+
+
+
+@pytest.mark.slow
+def test_two_ranks_share_one_clock_for_a_time_budget(demo40, tmp_path, tiny_config):
+    # The LR follows the time spent: ranks that read their own clocks would step with
+    # different LRs and drift apart, or stop at different steps and hang.
+    script = tmp_path / "run_train.py"
+    script.write_text(SCRIPT)
+    cfg = tiny_config(demo40, tmp_path / "unused", "train.max_minutes=0.1", "train.epochs=500",
+                      "model.freeze_image=true")  # fmt: skip
+    config_file = tmp_path / "config.yaml"
+    cfg.save(config_file)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "MAKEVL_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    out = tmp_path / "two-ranks"
+    ran = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         f"--master_port={free_port()}", str(script), str(config_file),
+         f"train.out_dir={out}", "train.batch_size=4"],
+        check=False, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "stopped (max_minutes)" in ran.stdout
+    state = json.loads((out / "last" / "trainer_state.json").read_text())
+    assert state["run_seconds"] >= 6
+    assert state["optimizer"]["param_groups"][0]["lr"] < 0.1 * cfg.train.lr

@@ -108,6 +108,17 @@ def test_training_lowers_loss_and_beats_the_untrained_model(demo300, tmp_path, t
     assert loaded_cfg == cfg and len(vocab) == model.num_keywords
 
 
+def test_a_one_layer_query_tower_learns_too(demo300, tmp_path, tiny_config):
+    cfg = tiny_config(demo300, tmp_path / "run", "train.batch_size=32", "train.epochs=2",
+                      "train.lr=2e-3", "train.warmup_steps=5", "model.query_layers=1")  # fmt: skip
+    result = train(cfg)
+    model = load_checkpoint(tmp_path / "run" / "best")[0]
+    assert len(model.query_encoder.model.encoder.layer) == 1
+    assert result.best_recall >= result.initial_recall + 0.2, (
+        f"val Recall@10 {result.initial_recall:.3f} -> {result.best_recall:.3f}"
+    )
+
+
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_continues(demo40: Path, tmp_path: Path, tiny_config):
     out = tmp_path / "run"

@@ -137,6 +137,29 @@ def minilm_text_tower() -> TextTower:
     return load_text_tower(minilm_path(), "minilm")
 
 
+def keep_first_layers(tower: TextTower, layers: int) -> TextTower:
+    """``tower`` with only its first ``layers`` transformer layers, in place.
+
+    A short query's cost is the same for every layer (its few tokens through the
+    same matrices), so half the layers is about half the query side's latency;
+    the lower layers keep their pretrained weights (as in DistilBERT's or
+    Sentence-BERT's layer-dropped students).
+    """
+    encoder = getattr(tower.model, "encoder", None)
+    stack = getattr(encoder, "layer", None)
+    if not isinstance(stack, nn.ModuleList):
+        raise BackboneError(
+            f"text backbone {tower.name!r}: no encoder.layer list to keep the first layers of"
+        )
+    if not 1 <= layers <= len(stack):
+        raise BackboneError(
+            f"text backbone {tower.name!r} has {len(stack)} layers; cannot keep {layers}"
+        )
+    encoder.layer = stack[:layers]
+    tower.model.config.num_hidden_layers = layers
+    return tower
+
+
 def create_text_tower(name: str) -> TextTower:
     """Build a registered text tower, or load a local Hugging Face model directory."""
     if name in TEXT_TOWERS:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from makevl.config import ModelConfig, RunConfig
-from makevl.models.backbones import create_image_tower, create_text_tower
+from makevl.models.backbones import create_image_tower, create_text_tower, keep_first_layers
 
 BRANCHES = ("title", "image", "fused")  # order of the Modal Adaptation weights
 
@@ -116,11 +116,18 @@ class MakeModel(nn.Module):
 
         self.title_encoder = create_text_tower(model_cfg.text_backbone)
         if model_cfg.shared_query_title_encoder:
+            if model_cfg.query_layers is not None:
+                raise ValueError(
+                    "model.query_layers needs a query tower of its own "
+                    "(model.shared_query_title_encoder=false)"
+                )
             self.query_encoder = self.title_encoder
         else:
             self.query_encoder = create_text_tower(
                 model_cfg.query_backbone or model_cfg.text_backbone
             )
+            if model_cfg.query_layers is not None:
+                keep_first_layers(self.query_encoder, model_cfg.query_layers)
         self.image_encoder = (
             create_image_tower(model_cfg.image_backbone, weights=model_cfg.image_weights)
             .pool_stages(model_cfg.image_pooled_stages)

@@ -132,13 +132,21 @@ class LossInputs:
         """Query vectors before keyword enhancement, this rank only."""
         return self._queries[1]
 
+    def _branch(self, name: str) -> torch.Tensor:
+        if name not in self.products:
+            raise KeyError(
+                f"a loss term reads the {name} branch, which this model does not compute "
+                f"for it: register the term with reads_branches=({name!r},)"
+            )
+        return gather_with_grad(self.products[name])
+
     @cached_property
     def title(self) -> torch.Tensor:
-        return gather_with_grad(self.products["title"])
+        return self._branch("title")
 
     @cached_property
     def image(self) -> torch.Tensor:
-        return gather_with_grad(self.products["image"])
+        return self._branch("image")
 
 
 # ------------------------------------------------------------------------- terms

@@ -78,13 +78,18 @@ def main_rank_first(info: DistInfo) -> Iterator[None]:
         barrier(info)
 
 
+def _reduce_scalar(value, dtype: torch.dtype, op, info: DistInfo):
+    """``value`` reduced by ``op`` over all ranks, on every rank (as a Python number)."""
+    tensor = torch.tensor([value], dtype=dtype, device=info.device)
+    dist.all_reduce(tensor, op=op)
+    return tensor.item()
+
+
 def min_int(value: int, info: DistInfo) -> int:
     """The smallest ``value`` over ranks (e.g. the batch size every rank can match)."""
     if not info.enabled:
         return value
-    tensor = torch.tensor([value], dtype=torch.int64, device=info.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-    return int(tensor.item())
+    return int(_reduce_scalar(value, torch.int64, dist.ReduceOp.MIN, info))
 
 
 def average_gradients(parameters, info: DistInfo) -> None:
@@ -103,18 +108,14 @@ def max_float(value: float, info: DistInfo) -> float:
     """The largest ``value`` over all ranks, on every rank."""
     if not info.enabled:
         return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=info.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return float(tensor.item())
+    return float(_reduce_scalar(value, torch.float64, dist.ReduceOp.MAX, info))
 
 
 def any_rank(flag: bool, info: DistInfo) -> bool:
     """True on every rank when ``flag`` is true on any; keeps ranks in step (e.g. on SIGTERM)."""
     if not info.enabled:
         return flag
-    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=info.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
+    return bool(_reduce_scalar(1 if flag else 0, torch.int32, dist.ReduceOp.MAX, info))
 
 
 def sum_counts(counts: dict[str, int], info: DistInfo) -> dict[str, int]:
