@@ -52,11 +52,10 @@ def logged_losses(out_dir: Path) -> dict[int, dict]:
     return {m["step"]: m for m in map(json.loads, lines) if "loss" in m}
 
 
-@pytest.mark.slow
-def test_two_ranks_match_one_process_on_the_global_batch(demo40, tmp_path, tiny_config):
+def prepare_run(tmp_path: Path, cfg) -> tuple[Path, Path, dict[str, str]]:
+    """The training script, ``cfg`` saved as a file, and the environment the ranks run in."""
     script = tmp_path / "run_train.py"
     script.write_text(SCRIPT)
-    cfg = tiny_config(demo40, tmp_path / "unused", "train.max_steps=3", "model.freeze_image=true")
     config_file = tmp_path / "config.yaml"
     cfg.save(config_file)
     env = {
@@ -65,6 +64,13 @@ def test_two_ranks_match_one_process_on_the_global_batch(demo40, tmp_path, tiny_
         "OMP_NUM_THREADS": "1",
         "MAKEVL_CACHE_DIR": str(tmp_path / "cache"),
     }
+    return script, config_file, env
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_on_the_global_batch(demo40, tmp_path, tiny_config):
+    cfg = tiny_config(demo40, tmp_path / "unused", "train.max_steps=3", "model.freeze_image=true")
+    script, config_file, env = prepare_run(tmp_path, cfg)
     two = tmp_path / "two-ranks"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                 f"--master_port={free_port()}", str(script)]  # fmt: skip
@@ -98,19 +104,10 @@ def test_two_ranks_match_one_process_on_the_global_batch(demo40, tmp_path, tiny_
 def test_two_ranks_share_one_clock_for_a_time_budget(demo40, tmp_path, tiny_config):
     # The LR follows the time spent: ranks that read their own clocks would step with
     # different LRs and drift apart, or stop at different steps and hang.
-    script = tmp_path / "run_train.py"
-    script.write_text(SCRIPT)
     cfg = tiny_config(demo40, tmp_path / "unused", "train.max_minutes=0.1", "train.epochs=500",
                       "model.freeze_image=true", "train.eval_every=100000",
                       "train.save_every_steps=0")  # fmt: skip
-    config_file = tmp_path / "config.yaml"
-    cfg.save(config_file)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-        "MAKEVL_CACHE_DIR": str(tmp_path / "cache"),
-    }
+    script, config_file, env = prepare_run(tmp_path, cfg)
     out = tmp_path / "two-ranks"
     ran = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
