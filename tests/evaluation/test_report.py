@@ -5,6 +5,7 @@ import pytest
 
 from makevl.data.demo import make_demo_shop
 from makevl.evaluation.report import check_claims, run_report
+from makevl.evaluation.report.run import preset_config, report_systems
 
 
 def _figures(make: float, bm25: float, make_ci=(0.5, 0.7), bm25_ci=(0.2, 0.4)) -> dict:
@@ -37,7 +38,7 @@ def test_report_on_tiny_data_writes_every_file(tmp_path: Path):
         out,
         config="demo-tiny",
         overrides=[f"data.catalog={data / 'catalog.csv'}", f"data.queries={data / 'queries.csv'}",
-                   "train.max_steps=3", "train.epochs=1"],
+                   "train.max_steps=3", "train.epochs=1", "train.augment_typo=0.2"],
         systems=["bm25", "make", "make-no-ke", "make-no-query-robustness", "text-bi-encoder",
                  "static-fusion"],
         bootstrap=20,
@@ -60,6 +61,25 @@ def test_report_on_tiny_data_writes_every_file(tmp_path: Path):
     assert "| make-no-ke |" in markdown and "## Claims" in markdown
     assert any("twice the Recall@10" in c["claim"] for c in saved["claims"])
     assert figures["results"]["make"]["n_queries"] > 0
+
+
+def test_the_default_report_leaves_out_variants_that_would_train_make_again():
+    demo = report_systems(preset_config("demo", "demo-tiny", []), None)
+    assert "make-no-ke" in demo and "make-no-ma-equal" in demo
+    assert "make-with-ke" not in demo and "make-no-query-robustness" not in demo
+    assert "checkpoint" not in demo
+    # fashion-mini turns KE off and query robustness on
+    fashion = report_systems(preset_config("fashion-mini", None, []), None)
+    assert "make-with-ke" in fashion and "make-no-query-robustness" in fashion
+    assert "make-no-ke" not in fashion
+
+
+def test_a_variant_that_trains_makes_own_config_is_refused_before_training(tmp_path: Path):
+    # demo-tiny has no query augmentation or distillation to take away
+    with pytest.raises(ValueError, match="make-no-query-robustness.*same config as 'make'"):
+        run_report("demo", tmp_path / "report", config="demo-tiny",
+                   systems=["make", "make-no-query-robustness"])
+    assert not (tmp_path / "report").exists()
 
 
 def test_sparse_title_claim_compares_losses():

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from makevl.cli import main
+from makevl.config import bundled_config, with_overrides
 from makevl.evaluation.systems import SYSTEMS, SystemSpec, get_system, register_system
 
 
@@ -22,12 +23,19 @@ def test_a_spec_either_builds_or_is_trained():
 def test_report_variants_and_their_overrides():
     trained = [name for name, spec in SYSTEMS.items() if spec.trained]
     assert trained == ["make", "make-no-ma-equal", "make-no-ma-fused", "make-no-ke",
-                       "make-shared-encoder", "make-no-query-robustness", "clip-query-image",
+                       "make-with-ke", "make-shared-encoder", "make-no-query-robustness", "clip-query-image",
                        "text-bi-encoder"]
     assert "model.product_branch=image" in SYSTEMS["clip-query-image"].train_overrides
     assert not SYSTEMS["checkpoint"].in_report
-    # Trained only when named: it equals "make" wherever the config leaves the options off.
-    assert not SYSTEMS["make-no-query-robustness"].in_report
+
+
+def test_with_ke_undoes_no_ke():
+    """On a config without KE, make-with-ke trains the default KE that make-no-ke takes away."""
+    default = bundled_config("demo-tiny")
+    without = with_overrides(default, list(SYSTEMS["make-no-ke"].train_overrides))
+    assert not without.model.keyword_enhancement
+    restored = with_overrides(without, list(SYSTEMS["make-with-ke"].train_overrides))
+    assert restored.model_dump() == default.model_dump()
 
 
 class FirstProducts:

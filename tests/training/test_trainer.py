@@ -21,6 +21,7 @@ from makevl.config import bundled_config
 from makevl.data.demo import make_demo_shop
 from makevl.models.checkpoint import load_checkpoint
 from makevl.models.make import MakeModel
+from makevl.training import distributed as dist_utils
 from makevl.training.checkpoint import load_trainer_state
 from makevl.training.trainer import (
     LearningRateSchedule,
@@ -287,6 +288,22 @@ def test_bf16_eval_every_and_time_budget(demo40, tmp_path, tiny_config):
     stopped = train(budget)
     assert stopped.stopped == "max_minutes" and stopped.step == 1
     assert load_trainer_state(tmp_path / "budget" / "last")["step"] == 1
+
+
+def test_bf16_auto_follows_the_hardware(demo40, tmp_path, tiny_config, monkeypatch):
+    """"auto" trains exactly as bf16=true where bf16 is native, as fp32 where it is not."""
+
+    def run(name: str, setting: str) -> tuple[bool, dict[int, float]]:
+        cfg = tiny_config(demo40, tmp_path / name, f"train.bf16={setting}", "train.max_steps=3",
+                          "train.log_every=1")  # fmt: skip
+        return train(cfg).bf16, losses(tmp_path / name)
+
+    on, bf16_losses = run("on", "true")
+    off, fp32_losses = run("off", "false")
+    assert (on, off) == (True, False) and bf16_losses != fp32_losses
+    for native, expected in ((True, bf16_losses), (False, fp32_losses)):
+        monkeypatch.setattr(dist_utils, "has_native_bf16", lambda device, native=native: native)
+        assert run(f"auto-{native}", "auto") == (native, expected)
 
 
 def test_cli_trains_from_a_bundled_config(demo40, tmp_path, capsys):

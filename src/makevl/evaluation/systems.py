@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from makevl.config import LossConfig
 from makevl.data.catalog import Product
 from makevl.evaluation.evaluator import EmbeddingSystem, RankingSystem
 
@@ -43,7 +44,9 @@ class SystemSpec:
     build: Callable[[Any], list[RankingSystem]] | None = None
     needs_model: bool = False  # build needs a MAKE model: a checkpoint, or the report's "make"
     train_overrides: tuple[str, ...] | None = None  # a MAKE variant the report trains
-    in_report: bool = True  # run by `makevl report` without --systems (trained ones: when named)
+    # Run by `makevl report` without --systems; a trained variant only where it changes
+    # MAKE's config (report/run.py report_systems).
+    in_report: bool = True
 
     @property
     def trained(self) -> bool:
@@ -126,13 +129,20 @@ for _spec in [
                "no Keyword Enhancement (no pseudo-queries, memory or prediction)",
                train_overrides=("model.keyword_enhancement=false", "loss.keyword_query=0",
                                 "loss.keyword_prediction=0")),
+    SystemSpec("make-with-ke", "ablation",
+               "with Keyword Enhancement (pseudo-queries, memory and prediction at the default "
+               "weights), for a config that leaves it out",
+               train_overrides=("model.keyword_enhancement=true",
+                                f"loss.keyword_query={LossConfig().keyword_query}",
+                                f"loss.keyword_prediction={LossConfig().keyword_prediction}"),
+),
     SystemSpec("make-shared-encoder", "ablation", "one text encoder shared by queries and titles",
                train_overrides=("model.shared_query_title_encoder=true",)),
     SystemSpec("make-no-query-robustness", "ablation",
                "no query augmentation and no distillation toward the pretrained query tower",
                train_overrides=("train.augment_typo=0", "train.augment_drop_word=0",
                                 "train.augment_reorder=0", "loss.query_distillation=0"),
-               in_report=False),  # only meaningful where the config turns them on
+),
     SystemSpec("clip-query-image", "baseline",
                "CLIP-style two-tower: query vs product image, trained here",
                train_overrides=("model.product_branch=image", *MAIN_LOSS_ONLY)),

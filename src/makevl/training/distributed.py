@@ -44,6 +44,15 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware (emulated bf16 is slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
 def setup(device: str = "auto") -> DistInfo:
     """Join the process group ``torchrun`` describes in env vars; a no-op for one process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -85,6 +85,7 @@ class TrainResult:
     samples_per_s: float
     bad_samples: dict[str, int] = field(default_factory=dict)  # reason -> count
     stopped: str = "finished"  # or "max_minutes", "SIGINT", "SIGTERM", "stop_after"
+    bf16: bool = False  # whether bf16 autocast was on (train.bf16 may say "auto")
 
 
 # ------------------------------------------------------------------ small pieces
@@ -284,9 +285,16 @@ class Trainer:
         self.out_dir = Path(cfg.train.out_dir)
         self.last_dir, self.best_dir = self.out_dir / "last", self.out_dir / "best"
         self.device = info.device
+        # "auto": bf16 only where every rank computes it natively.
+        self.bf16 = cfg.train.bf16 is True or (
+            cfg.train.bf16 == "auto"
+            and not dist_utils.any_rank(not dist_utils.has_native_bf16(self.device), info)
+        )
         state = self._check_resume(resume)
         if info.is_main:
             print(f"makevl train: run config\n{cfg.to_yaml()}", flush=True)
+            print(f"makevl train: bf16 autocast {'on' if self.bf16 else 'off'} "
+                  f"(train.bf16={cfg.train.bf16})", flush=True)
             self.out_dir.mkdir(parents=True, exist_ok=True)
 
         if cfg.data.train_shards:
@@ -598,7 +606,7 @@ class Trainer:
         module = self.ddp or self.objective
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
         no_sync = self.ddp.no_sync() if self.ddp is not None and not sync else nullcontext()
-        autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=self.cfg.train.bf16)
+        autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16)
         with no_sync:
             with autocast:
                 out = module(inputs)
@@ -728,6 +736,7 @@ class Trainer:
             samples_per_s=samples / max(train_seconds, 1e-9),
             bad_samples=dict(dist_utils.sum_counts(self.bad_counts, info)),
             stopped=stopped or "finished",
+            bf16=self.bf16,
         )
 
 

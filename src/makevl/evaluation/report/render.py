@@ -116,12 +116,14 @@ def render_markdown(figures: dict[str, Any], plots: dict[str, str]) -> str:
     if figures.get("training"):
         lines += [
             "", "## Training", "",
-            "| system | steps | minutes | final loss | val R@10 untrained | val R@10 best | stopped |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            ("| system | steps | minutes | bf16 | final loss | val R@10 untrained "
+             "| val R@10 best | stopped |"),
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, t in figures["training"].items():
             loss = f"{t['final_loss']:.4f}" if t["final_loss"] is not None else "-"
-            lines.append(f"| {name} | {t['steps']} | {t['seconds'] / 60:.1f} | {loss} | "
+            bf16 = {True: "on", False: "off"}.get(t.get("bf16"), "-")  # older reports: -
+            lines.append(f"| {name} | {t['steps']} | {t['seconds'] / 60:.1f} | {bf16} | {loss} | "
                          f"{_maybe(t['val_recall@10_untrained'])} | {_maybe(t['val_recall@10_best'])} "
                          f"| {t['stopped']} |")
     category_rows = _category_table(results, order)

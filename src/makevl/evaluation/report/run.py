@@ -74,13 +74,14 @@ def run_report(
     """Train, evaluate and write the report for ``preset``; return the JSON figures."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    known = [name for name, spec in SYSTEMS.items() if spec.in_report or spec.trained]
+    known = [name for name, spec in SYSTEMS.items() if spec.in_report]
     for name in systems or []:
         if name not in known:
             raise ValueError(f"unknown report system {name!r}; expected one of {', '.join(known)}")
     base = preset_config(preset, config, overrides or [])
     if minutes_per_model is not None:
         base.train.max_minutes = minutes_per_model
+    systems = report_systems(base, systems)
     shop = load_shop(base.data)
     (out_dir / "per_query").mkdir(parents=True, exist_ok=True)  # only once the data loads
     query_set = shop.query_set("test")
@@ -89,7 +90,7 @@ def run_report(
                                    seed=base.train.seed)
     log.info("test split: %d queries scored over %d products", len(evaluator.scored_ids),
              len(query_set.pool))
-    wanted = set(systems) if systems else None
+    wanted = set(systems)
 
     results: list[EvalResult] = []
     groups: dict[str, str] = {}
@@ -105,7 +106,7 @@ def run_report(
                  result.metrics["recall@10"], result.metrics["ndcg@10"], result.seconds)
 
     for spec in SYSTEMS.values():
-        if (spec.name not in wanted) if wanted is not None else not spec.in_report:
+        if spec.name not in wanted:
             continue
         if spec.trained:
             model, training[spec.name] = _train(spec, base, out_dir)
@@ -164,9 +165,33 @@ def _train(spec: SystemSpec, base: RunConfig, out_dir: Path):
         "val_recall@10_untrained": outcome.initial_recall,
         "val_recall@10_best": outcome.best_recall,
         "stopped": outcome.stopped,
+        "bf16": outcome.bf16,
         "bad_samples": outcome.bad_samples,
     }
     return model, summary
+
+
+def report_systems(base: RunConfig, systems: list[str] | None) -> list[str]:
+    """The systems to run: those named, else every report system less the trained
+    variants that would train MAKE's own config (an ablation of something the config
+    already leaves out, such as make-no-ke where KE is off). A named one is refused."""
+
+    def settings(spec: SystemSpec) -> dict:
+        return with_overrides(base, list(spec.train_overrides)).model_dump()
+
+    def same_as_make(spec: SystemSpec) -> bool:
+        return spec.trained and spec.name != "make" and settings(spec) == settings(SYSTEMS["make"])
+
+    if systems is None:
+        return [name for name, spec in SYSTEMS.items() if spec.in_report and not same_as_make(spec)]
+    for name in systems:
+        spec = SYSTEMS[name]
+        if same_as_make(spec):
+            raise ValueError(
+                f"report system {name!r} ({spec.description}) would train the same config as "
+                f"'make': the config already sets {', '.join(spec.train_overrides)}; leave it out"
+            )
+    return systems
 
 
 def _variant_config(spec: SystemSpec, base: RunConfig, out_dir: Path) -> RunConfig:
