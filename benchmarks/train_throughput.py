@@ -9,6 +9,7 @@ beforehand (the fill time is printed separately).
     python benchmarks/train_throughput.py            # CPU, all cases
     python benchmarks/train_throughput.py --quick    # fewer steps, batch 32 only
     python benchmarks/train_throughput.py --device cuda
+    python benchmarks/train_throughput.py --bf16     # each cached case in bf16 too
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def run_case(args: argparse.Namespace) -> None:
         f"train.batch_size={args.batch}", f"train.max_steps={args.steps}", "train.epochs=100",
         "train.warmup_steps=2", "train.log_every=1000", "train.eval_every=100000",
         f"train.cache_frozen_features={str(args.cache).lower()}", f"train.device={args.device}",
-        *CASES[args.case],
+        f"train.bf16={str(args.bf16).lower()}", *CASES[args.case],
     ]
     cfg = load_config(None, overrides)
     start = time.perf_counter()
@@ -57,12 +58,12 @@ def run_case(args: argparse.Namespace) -> None:
 
 
 def child(case: str, batch: int, cache: bool, steps: int, data: Path, device: str,
-          cache_dir: Path) -> dict:
+          cache_dir: Path, bf16: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as out:
         env = dict(os.environ, MAKEVL_CACHE_DIR=str(cache_dir), HF_HUB_OFFLINE="1")
         command = [sys.executable, __file__, "--child", "--case", case, "--batch", str(batch),
                    "--steps", str(steps), "--data", str(data), "--out", f"{out}/run",
-                   "--device", device] + (["--cache"] if cache else [])
+                   "--device", device] + (["--cache"] if cache else []) + (["--bf16"] if bf16 else [])
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if done.returncode:
             raise SystemExit(f"case {case} batch {batch} cache {cache} failed:\n{done.stderr[-3000:]}")
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--products", type=int, default=400)
+    parser.add_argument("--bf16", action="store_true",
+                        help="also run each cached case with bf16 autocast (train.bf16=true)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", default="tiny", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
@@ -95,7 +98,7 @@ def main() -> None:
         make_demo_shop(data, n_products=args.products, seed=0)
         print(f"device {args.device}, {os.cpu_count()} CPU cores, demo shop of {args.products} "
               "products, image tower frozen in every case")
-        print(f"{'case':<11} {'batch':>5} {'cache':>6} {'steps':>5} {'samples/s':>10} "
+        print(f"{'case':<11} {'batch':>5} {'cache':>6} {'bf16':>5} {'steps':>5} {'samples/s':>10} "
               f"{'peak RSS MiB':>12} {'peak GPU MiB':>12}")
         for case in CASES:
             cache_dir = Path(tmp) / f"cache-{case}"
@@ -105,13 +108,18 @@ def main() -> None:
                   "(one 1-step run, model load included)")
             for batch in batches:
                 figures = {}
-                for cache in (False, True):
-                    r = child(case, batch, cache, steps[case], data, args.device, cache_dir)
-                    figures[cache] = r["samples_per_s"]
-                    print(f"{case:<11} {batch:>5} {'yes' if cache else 'no':>6} {r['steps']:>5} "
+                runs = [(False, False), (True, False)] + ([(True, True)] if args.bf16 else [])
+                for cache, bf16 in runs:
+                    r = child(case, batch, cache, steps[case], data, args.device, cache_dir, bf16)
+                    figures[cache, bf16] = r["samples_per_s"]
+                    print(f"{case:<11} {batch:>5} {'yes' if cache else 'no':>6} "
+                          f"{'yes' if bf16 else 'no':>5} {r['steps']:>5} "
                           f"{r['samples_per_s']:>10.1f} {r['peak_rss_mib']:>12.0f} "
                           f"{r['peak_gpu_mib']:>12.0f}")
-                print(f"{case:<11} {batch:>5}  cache speed-up x{figures[True] / figures[False]:.2f}")
+                cached = figures[True, False]
+                print(f"{case:<11} {batch:>5}  cache speed-up x{cached / figures[False, False]:.2f}"
+                      + (f", bf16 speed-up (cached) x{figures[True, True] / cached:.2f}"
+                         if args.bf16 else ""))
 
 
 if __name__ == "__main__":

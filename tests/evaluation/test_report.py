@@ -55,10 +55,12 @@ def test_report_on_tiny_data_writes_every_file(tmp_path: Path):
         "static-fusion(title=0.75,image=0.25)",
     }
     assert saved["training"]["make"]["steps"] == 3
+    assert saved["training"]["make"]["bf16"] is False  # demo-tiny trains in fp32
     assert set(saved["modal_adaptation"]) <= {"bag", "dress", "laptop", "phone", "shoes",
                                               "t-shirt", "trousers", "watch"}
     markdown = (out / "report.md").read_text()
     assert "| make-no-ke |" in markdown and "## Claims" in markdown
+    assert "| system | steps | minutes | bf16 |" in markdown and "| make | 3 |" in markdown
     assert any("twice the Recall@10" in c["claim"] for c in saved["claims"])
     assert figures["results"]["make"]["n_queries"] > 0
 
@@ -67,11 +69,13 @@ def test_the_default_report_leaves_out_variants_that_would_train_make_again():
     demo = report_systems(preset_config("demo", "demo-tiny", []), None)
     assert "make-no-ke" in demo and "make-no-ma-equal" in demo
     assert "make-with-ke" not in demo and "make-no-query-robustness" not in demo
-    assert "checkpoint" not in demo
     # fashion-mini turns KE off and query robustness on
     fashion = report_systems(preset_config("fashion-mini", None, []), None)
     assert "make-with-ke" in fashion and "make-no-query-robustness" in fashion
     assert "make-no-ke" not in fashion
+    assert report_systems(preset_config("demo", "demo-tiny", []), []) == demo  # none named
+    with pytest.raises(ValueError, match="unknown report system 'checkpoint'"):
+        report_systems(preset_config("demo", "demo-tiny", []), ["make", "checkpoint"])
 
 
 def test_a_variant_that_trains_makes_own_config_is_refused_before_training(tmp_path: Path):

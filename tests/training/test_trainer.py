@@ -304,6 +304,18 @@ def test_bf16_auto_follows_the_hardware(demo40, tmp_path, tiny_config, monkeypat
     for native, expected in ((True, bf16_losses), (False, fp32_losses)):
         monkeypatch.setattr(dist_utils, "has_native_bf16", lambda device, native=native: native)
         assert run(f"auto-{native}", "auto") == (native, expected)
+    with pytest.raises(ValueError, match="bf16"):
+        tiny_config(demo40, tmp_path / "bad", "train.bf16=maybe")
+
+
+def test_native_bf16_follows_the_cpus_instructions():
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    if not flags:
+        pytest.skip("no /proc/cpuinfo to compare with")
+    words = set(flags.split())
+    expected = "avx512_bf16" in words or "amx_tile" in words
+    assert dist_utils.has_native_bf16(torch.device("cpu")) == expected
+    assert not dist_utils.has_native_bf16(torch.device("meta"))
 
 
 def test_cli_trains_from_a_bundled_config(demo40, tmp_path, capsys):

@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="training budget of each trained system")
     p.add_argument("--systems", type=lambda text: [s for s in text.split(",") if s],
                    default=None, metavar="A,B,...",
-                   help="only these systems, comma-separated (default: all)")
+                   help="only these systems, comma-separated (default: every one, less an "
+                        "ablation of something the config already leaves out)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("overrides", nargs="*", help="section.key=value applied to every system")
     p.set_defaults(func=report_command)

@@ -44,8 +44,8 @@ class SystemSpec:
     build: Callable[[Any], list[RankingSystem]] | None = None
     needs_model: bool = False  # build needs a MAKE model: a checkpoint, or the report's "make"
     train_overrides: tuple[str, ...] | None = None  # a MAKE variant the report trains
-    # Run by `makevl report` without --systems; a trained variant only where it changes
-    # MAKE's config (report/run.py report_systems).
+    # False: never run by `makevl report`. A trained variant runs without --systems
+    # only where it changes MAKE's config (report/run.py report_systems).
     in_report: bool = True
 
     @property
@@ -118,7 +118,8 @@ for _spec in [
                build=_minilm),
     SystemSpec("checkpoint", "make", "a trained MAKE checkpoint (--checkpoint)",
                build=_checkpoint, needs_model=True, in_report=False),
-    SystemSpec("make", "make", "MAKE: query/title/image/fusion encoders, MA and KE",
+    SystemSpec("make", "make",
+               "MAKE as the config sets it: query/title/image/fusion encoders, MA, KE where on",
                train_overrides=()),
     SystemSpec("make-no-ma-equal", "ablation",
                "no Modal Adaptation: fixed equal weights over title/image/fused",
@@ -134,15 +135,13 @@ for _spec in [
                "weights), for a config that leaves it out",
                train_overrides=("model.keyword_enhancement=true",
                                 f"loss.keyword_query={LossConfig().keyword_query}",
-                                f"loss.keyword_prediction={LossConfig().keyword_prediction}"),
-),
+                                f"loss.keyword_prediction={LossConfig().keyword_prediction}")),
     SystemSpec("make-shared-encoder", "ablation", "one text encoder shared by queries and titles",
                train_overrides=("model.shared_query_title_encoder=true",)),
     SystemSpec("make-no-query-robustness", "ablation",
                "no query augmentation and no distillation toward the pretrained query tower",
                train_overrides=("train.augment_typo=0", "train.augment_drop_word=0",
-                                "train.augment_reorder=0", "loss.query_distillation=0"),
-),
+                                "train.augment_reorder=0", "loss.query_distillation=0")),
     SystemSpec("clip-query-image", "baseline",
                "CLIP-style two-tower: query vs product image, trained here",
                train_overrides=("model.product_branch=image", *MAIN_LOSS_ONLY)),

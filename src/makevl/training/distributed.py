@@ -45,11 +45,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def has_native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 in hardware (emulated bf16 is slower than fp32)."""
+    """Whether ``device`` computes bf16 in hardware (emulated bf16 is slower than fp32).
+
+    CUDA: compute capability 8.0 (Ampere) or newer. CPU: x86 AVX512-BF16 or AMX,
+    as torch detects them; any other CPU (ARM's bf16 included) counts as not native.
+    """
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
     return False
 
 

@@ -489,6 +489,10 @@ class Trainer:
             self.good_samples = state["good_samples"]
         self.best_recall = state["best_recall"]
         self.seconds_before = state.get("run_seconds", 0.0)  # absent before the budgeted LR
+        if state.get("bf16", self.bf16) != self.bf16 and self.info.is_main:
+            log.warning("resuming with bf16 autocast %s; the checkpoint trained with it %s "
+                        "(train.bf16=%s on other hardware)", "on" if self.bf16 else "off",
+                        "on" if state["bf16"] else "off", self.cfg.train.bf16)  # fmt: skip
         self.initial_recall = state["initial_recall"]
         self.last_recall = state["last_recall"]
         rng_states = state["rng"]
@@ -522,6 +526,7 @@ class Trainer:
             "initial_recall": self.initial_recall,
             "last_recall": self.last_recall,
             "run_seconds": self._run_seconds(),
+            "bf16": self.bf16,
             "memory_bank": memory_bank_state(self.objective),
         }
 

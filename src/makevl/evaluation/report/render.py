@@ -79,8 +79,8 @@ def render_markdown(figures: dict[str, Any], plots: dict[str, str]) -> str:
             f"| {m['map@100']:.4f} |"
         )
     if "make" in results and any(groups.get(n) == "ablation" for n in results):
-        lines += ["", "## Ablations (change against full MAKE)", "",
-                  "| ablation | what is removed | NDCG@10 | change | Recall@10 | change |",
+        lines += ["", "## Ablations (change against MAKE as configured)", "",
+                  "| ablation | what changes | NDCG@10 | change | Recall@10 | change |",
                   "| --- | --- | --- | --- | --- | --- |"]
         base = results["make"]["metrics"]
         for spec in SYSTEMS.values():

@@ -74,10 +74,6 @@ def run_report(
     """Train, evaluate and write the report for ``preset``; return the JSON figures."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    known = [name for name, spec in SYSTEMS.items() if spec.in_report]
-    for name in systems or []:
-        if name not in known:
-            raise ValueError(f"unknown report system {name!r}; expected one of {', '.join(known)}")
     base = preset_config(preset, config, overrides or [])
     if minutes_per_model is not None:
         base.train.max_minutes = minutes_per_model
@@ -176,14 +172,18 @@ def report_systems(base: RunConfig, systems: list[str] | None) -> list[str]:
     variants that would train MAKE's own config (an ablation of something the config
     already leaves out, such as make-no-ke where KE is off). A named one is refused."""
 
-    def settings(spec: SystemSpec) -> dict:
-        return with_overrides(base, list(spec.train_overrides)).model_dump()
+    known = [name for name, spec in SYSTEMS.items() if spec.in_report]
+    for name in systems or []:
+        if name not in known:
+            raise ValueError(f"unknown report system {name!r}; expected one of {', '.join(known)}")
+    make = base.model_dump()  # "make" trains the config as it is
 
     def same_as_make(spec: SystemSpec) -> bool:
-        return spec.trained and spec.name != "make" and settings(spec) == settings(SYSTEMS["make"])
+        return (spec.trained and spec.name != "make"
+                and with_overrides(base, list(spec.train_overrides)).model_dump() == make)
 
-    if systems is None:
-        return [name for name, spec in SYSTEMS.items() if spec.in_report and not same_as_make(spec)]
+    if not systems:
+        return [name for name in known if not same_as_make(SYSTEMS[name])]
     for name in systems:
         spec = SYSTEMS[name]
         if same_as_make(spec):
