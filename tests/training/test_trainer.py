@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -306,6 +307,19 @@ def test_bf16_auto_follows_the_hardware(demo40, tmp_path, tiny_config, monkeypat
         assert run(f"auto-{native}", "auto") == (native, expected)
     with pytest.raises(ValueError, match="bf16"):
         tiny_config(demo40, tmp_path / "bad", "train.bf16=maybe")
+
+
+def test_resuming_where_auto_bf16_resolves_otherwise_says_so(
+    demo40, tmp_path, tiny_config, monkeypatch, caplog
+):
+    cfg = tiny_config(demo40, tmp_path, "train.bf16=auto", "train.max_steps=4")
+    monkeypatch.setattr(dist_utils, "has_native_bf16", lambda device: True)
+    assert train(cfg, stop_after=2).bf16
+    monkeypatch.setattr(dist_utils, "has_native_bf16", lambda device: False)  # other hardware
+    with caplog.at_level(logging.WARNING, logger="makevl.training.trainer"):
+        resumed = train(cfg, resume=True)
+    assert resumed.step == 4 and not resumed.bf16
+    assert "bf16 autocast off; the checkpoint trained with it on" in caplog.text
 
 
 def test_native_bf16_follows_the_cpus_instructions():
