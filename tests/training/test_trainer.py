@@ -319,7 +319,9 @@ def test_resuming_where_auto_bf16_resolves_otherwise_says_so(
     with caplog.at_level(logging.WARNING, logger="makevl.training.trainer"):
         resumed = train(cfg, resume=True)
     assert resumed.step == 4 and not resumed.bf16
-    assert "bf16 autocast off; the checkpoint trained with it on" in caplog.text
+    assert "bf16 autocast off (train.bf16=auto here); the checkpoint trained with it on" in (
+        caplog.text
+    )
 
 
 def test_native_bf16_follows_the_cpus_instructions():

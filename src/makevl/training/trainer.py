@@ -490,9 +490,9 @@ class Trainer:
         self.best_recall = state["best_recall"]
         self.seconds_before = state.get("run_seconds", 0.0)  # absent before the budgeted LR
         if state.get("bf16", self.bf16) != self.bf16 and self.info.is_main:
-            log.warning("resuming with bf16 autocast %s; the checkpoint trained with it %s "
-                        "(train.bf16=%s on other hardware)", "on" if self.bf16 else "off",
-                        "on" if state["bf16"] else "off", self.cfg.train.bf16)  # fmt: skip
+            log.warning("resuming with bf16 autocast %s (train.bf16=%s here); the checkpoint "
+                        "trained with it %s", "on" if self.bf16 else "off", self.cfg.train.bf16,
+                        "on" if state["bf16"] else "off")  # fmt: skip
         self.initial_recall = state["initial_recall"]
         self.last_recall = state["last_recall"]
         rng_states = state["rng"]
