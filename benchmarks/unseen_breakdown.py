@@ -1,9 +1,10 @@
 """Where the unseen-phrasing points go: mean NDCG@10 per kind of change in the test query.
 
 Reads a per-query file of an unseen-phrasing report and groups its queries by
-whether they contain a held-out or test-only form (``data/unseen_phrasing.py``)
-and a typo (a word that no fashion-mini query and no such form contains; an
-approximation). Analysis of finished test results, never used to choose a setting.
+whether they contain a held-out or test-only form and a typo, both as
+``data/unseen_phrasing.py`` defines them (a typo leaves a word that no surface
+form of the catalog contains). Analysis of finished test results, never used to
+choose a setting.
 
     python benchmarks/unseen_breakdown.py reports/fashion-mini-unseen-phrasing/per_query/make.jsonl
 """
@@ -16,9 +17,10 @@ import statistics
 from pathlib import Path
 
 from makevl.config import bundled_config
+from makevl.data.fashion_mini import surface_lookup
 from makevl.data.shop import load_shop
 from makevl.data.text import words
-from makevl.data.unseen_phrasing import HELD_OUT_FORMS, TEST_ONLY_FORMS
+from makevl.data.unseen_phrasing import all_forms, held_out_word_sequences, known_words
 
 
 def main() -> None:
@@ -26,11 +28,9 @@ def main() -> None:
     parser.add_argument("per_query", nargs="+", help="per_query/<system>.jsonl of the report")
     args = parser.parse_args()
 
-    shop = load_shop(bundled_config("fashion-mini").data)  # seen phrasing: every kept form
-    forms = [" ".join(words(form)) for table in (HELD_OUT_FORMS, TEST_ONLY_FORMS)
-             for by_value in table.values() for values in by_value.values() for form in values]
-    known = {w for record in shop.queries for w in words(record.query)}
-    known |= {w for form in forms for w in form.split()}
+    products = load_shop(bundled_config("fashion-mini").data).products
+    forms = [" ".join(sequence) for sequence in held_out_word_sequences()]
+    known = known_words(surface_lookup(products, forms=all_forms))
     for path in args.per_query:
         groups: dict[str, list[float]] = {}
         for line in Path(path).read_text(encoding="utf-8").splitlines():

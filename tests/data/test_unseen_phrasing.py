@@ -13,6 +13,7 @@ from makevl.data.unseen_phrasing import (
     TEST_ONLY_ORDERS,
     all_forms,
     held_out_word_sequences,
+    known_words,
     seen_forms,
 )
 
@@ -75,7 +76,7 @@ def test_test_wordings_mix_the_kinds_of_change(shops):
     unseen, _ = shops
     test = sorted(_texts(unseen, "test"))
     lookup = surface_lookup(unseen.products, forms=all_forms)
-    known = {w for key in lookup for w in key} | {"for"}
+    known = known_words(lookup)
     misspelt = [t for t in test if not set(words(t)) <= known]
     assert 0.3 * len(test) <= len(misspelt) <= 0.7 * len(test)  # about half have a typo
     assert any("gents" in words(t) for t in test)  # gender phrased as training never did

@@ -100,6 +100,11 @@ def held_out_word_sequences() -> set[tuple[str, ...]]:
     return {tuple(words(f)) for t in tables for v in t.values() for fs in v.values() for f in fs}
 
 
+def known_words(lookup) -> set[str]:
+    """Every word of every surface form in ``lookup``: a typo makes a word outside it."""
+    return {w for key in lookup for w in key} | {"for"}
+
+
 def _seen_wording(query: FashionQuery, seed: int, lookup) -> str | None:
     rng = random.Random(f"{seed}|seen|{query.template}|{query.named}")
     text = write_query(query.template, query.named, rng, forms=seen_forms)
@@ -142,12 +147,12 @@ def build_unseen_phrasing_queries(
     unseen wording cannot be explained unambiguously is dropped.
     """
     lookup = surface_lookup(products, forms=all_forms)
-    known_words = {w for key in lookup for w in key} | {"for"}
+    known = known_words(lookup)
     records: list[QueryRecord] = []
     taken: set[str] = set()
     for line, query in enumerate(build_query_specs(products, seed, max_queries, min_relevant), 1):
         seen = _seen_wording(query, seed, lookup)
-        unseen = _unseen_wording(query, seed, lookup, known_words)
+        unseen = _unseen_wording(query, seed, lookup, known)
         if seen is None or unseen is None or unseen in taken or seen in taken:
             continue
         taken |= {seen, unseen}

@@ -24,15 +24,10 @@ from makevl.config import LossConfig
 from makevl.data.catalog import Product
 from makevl.evaluation.evaluator import EmbeddingSystem, RankingSystem
 
+# Keyword Enhancement off: no keyword memory, pseudo-queries or keyword prediction.
+NO_KE = ("model.keyword_enhancement=false", "loss.keyword_query=0", "loss.keyword_prediction=0")
 # Only the main retrieval loss, for the single-branch baselines.
-MAIN_LOSS_ONLY = (
-    "loss.title_image=0",
-    "loss.query_title=0",
-    "loss.query_image=0",
-    "loss.keyword_query=0",
-    "loss.keyword_prediction=0",
-    "model.keyword_enhancement=false",
-)
+MAIN_LOSS_ONLY = ("loss.title_image=0", "loss.query_title=0", "loss.query_image=0", *NO_KE)
 
 
 @dataclass(frozen=True)
@@ -128,8 +123,7 @@ for _spec in [
                train_overrides=("model.product_branch=fused",)),
     SystemSpec("make-no-ke", "ablation",
                "no Keyword Enhancement (no pseudo-queries, memory or prediction)",
-               train_overrides=("model.keyword_enhancement=false", "loss.keyword_query=0",
-                                "loss.keyword_prediction=0")),
+               train_overrides=NO_KE),
     SystemSpec("make-with-ke", "ablation",
                "with Keyword Enhancement (pseudo-queries, memory and prediction at the default "
                "weights), for a config that leaves it out",
