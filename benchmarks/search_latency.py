@@ -118,7 +118,7 @@ def load_runtimes(args: argparse.Namespace, folder: Path) -> tuple[dict, str]:
         torch.manual_seed(0)
         model = MakeModel.from_config(cfg, num_keywords=args.keywords).eval()
         name = f"untrained demo-pretrained ({cfg.model.text_backbone} text tower)"
-    tokenizer = QueryTokenizer(model.query_encoder.tokenizer, model.max_query_tokens)
+    tokenizer = QueryTokenizer.of_model(model)
     fp32 = export_query_tower(model, folder / "query_tower.onnx")
     int8 = quantize_int8(fp32, folder / "query_tower.int8.onnx")
     return {

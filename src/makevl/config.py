@@ -84,6 +84,8 @@ class ModelConfig(_Section):
     # "title", "image" or "fused" use one branch (baselines and the fused-only ablation).
     product_branch: Literal["adaptive", "title", "image", "fused"] = "adaptive"
     keyword_enhancement: bool = True
+    # Correct a query's typos against the shop's words before encoding (makevl/spelling.py).
+    spelling_correction: bool = False
     freeze_text: bool = False
     freeze_image: bool = False
     init_temperature: float = Field(0.07, gt=0.0)

@@ -155,7 +155,7 @@ def test_query_tokenizer_matches_the_model_tokenizer(checkpoint_index):
     encoder = Searcher(checkpoint_index[0]).encoder
     texts = ["red shoe", "x", "a long query " * 10, "Ünïcode ß 🙂"]
     expected = encoder.tokenize_queries(texts)
-    fast = QueryTokenizer(encoder.model.query_encoder.tokenizer, encoder.model.max_query_tokens)
+    fast = QueryTokenizer.of_model(encoder.model)
     got = fast(texts)
     for name in ("input_ids", "attention_mask"):
         np.testing.assert_array_equal(got[name], expected[name].numpy())

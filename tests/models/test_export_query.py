@@ -23,7 +23,7 @@ def op_counts(path) -> collections.Counter:
 
 
 def onnx_vectors(model, path) -> np.ndarray:
-    tokenizer = QueryTokenizer(model.query_encoder.tokenizer, model.max_query_tokens)
+    tokenizer = QueryTokenizer.of_model(model)
     return OnnxQueryEncoder(path, tokenizer).encode_queries(QUERIES)
 
 

@@ -19,10 +19,11 @@ joins two large tables):
 The keyword vocabulary is mined from a seeded reservoir sample of the train
 products (all of them, below ``vocab_products``) and their queries; each
 product's keywords are matched against it during the join and stored in the
-shard, so training needs no per-product table.
+shard, so training needs no per-product table. The spelling corrector's word
+counts come from the same sample.
 
 The folder holds ``pairs-*.parquet``, ``val-products.parquet``,
-``val-queries.parquet``, ``keywords.json`` and ``manifest.json``: shard files,
+``val-queries.parquet``, ``keywords.json``, ``spelling.json`` and ``manifest.json``: shard files,
 row counts, SHA-256 and skipped rows per shard. The manifest is written last,
 so a folder with one is complete.
 """
@@ -57,6 +58,7 @@ from makevl.data.shop import QuerySet, Shop, split_of
 from makevl.data.validate import BAD_PRODUCT_KINDS, check_product
 from makevl.files import file_sha256
 from makevl.keywords import KeywordVocab, build_vocabulary
+from makevl.spelling import SPELLING, build_spelling
 
 MANIFEST = "manifest.json"
 KEYWORDS = "keywords.json"
@@ -193,6 +195,10 @@ class ShardManifest:
     def keywords_file(self) -> Path:
         return self.directory / KEYWORDS
 
+    @property
+    def spelling_file(self) -> Path:
+        return self.directory / SPELLING
+
     def val_set(self) -> QuerySet:
         """The val queries and product pool set aside beside the shards."""
         products = [row_product(row) for row in parquet_rows(self.directory / VAL_PRODUCTS)]
@@ -300,6 +306,7 @@ def shard_shop(
         attribute_names = sorted({name for p in unique for name in p.attributes})
         vocab = build_vocabulary(unique, records, attribute_names=attribute_names)
         KeywordVocab(vocab.keywords, vocab.index, {}, vocab.sources).save(out / KEYWORDS)
+        build_spelling(unique, records).save(out / SPELLING)
         shards = [job.join(b, vocab, attribute_names) for b in range(num_shards)]
         shutil.rmtree(out / ".buckets")
     except BaseException:

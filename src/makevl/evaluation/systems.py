@@ -64,6 +64,16 @@ def _checkpoint(model: Any) -> list[RankingSystem]:
     return [EmbeddingSystem("make", model.encode_queries, model.encode_products)]
 
 
+def _no_spelling(model: Any) -> list[RankingSystem]:
+    """MAKE's own trained model with its queries encoded as typed (none where it has no corrector)."""
+    if model.model.spelling is None:
+        return []
+    from makevl.models.inference import MakeEncoder
+
+    as_typed = MakeEncoder(model.model, model.keywords, spelling=False)
+    return [EmbeddingSystem("make-no-spelling", as_typed.encode_queries, model.encode_products)]
+
+
 def _hybrid(model: Any) -> list[RankingSystem]:
     from makevl.evaluation.baselines import HybridSystem
 
@@ -136,6 +146,9 @@ for _spec in [
                "no query augmentation and no distillation toward the pretrained query tower",
                train_overrides=("train.augment_typo=0", "train.augment_drop_word=0",
                                 "train.augment_reorder=0", "loss.query_distillation=0")),
+    SystemSpec("make-no-spelling", "ablation",
+               "MAKE's trained model without query spelling correction (no retraining)",
+               build=_no_spelling, needs_model=True),
     SystemSpec("clip-query-image", "baseline",
                "CLIP-style two-tower: query vs product image, trained here",
                train_overrides=("model.product_branch=image", *MAIN_LOSS_ONLY)),

@@ -198,7 +198,7 @@ class ServedEncoder(OnnxProductEncoder):
         path = export_query_tower(model, folder / RUNTIME_FILES["onnx-fp32"])
         if query_runtime == "onnx-int8":  # the first variant `makevl export` tries
             path = quantize_int8(path, folder / RUNTIME_FILES["onnx-int8"])
-        tokenizer = QueryTokenizer(model.query_encoder.tokenizer, model.max_query_tokens)
+        tokenizer = QueryTokenizer.of_model(model)
         self.query_runtime = OnnxQueryEncoder(path, tokenizer, threads=os.cpu_count() or 1)
 
     def encode_queries(self, texts: list[str], batch_size: int = 256) -> np.ndarray:

@@ -112,11 +112,12 @@ def measure_parity(reference: np.ndarray, candidate: np.ndarray, search, k: int 
 class QueryTokenizer:
     """The query tower's fast tokenizer called directly: numpy out, no per-call setup.
 
-    Gives the same ids as the Hugging Face call in :mod:`makevl.models.inference`
-    (truncate to ``max_tokens``, pad to the longest in the batch).
+    Gives the same ids as :meth:`MakeEncoder.tokenize_queries` (spelling corrected
+    where the model carries a corrector, truncated to ``max_tokens``, padded to the
+    longest in the batch).
     """
 
-    def __init__(self, hf_tokenizer, max_tokens: int) -> None:
+    def __init__(self, hf_tokenizer, max_tokens: int, spelling=None) -> None:
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
@@ -124,8 +125,16 @@ class QueryTokenizer:
         self.tokenizer.enable_padding(
             pad_id=hf_tokenizer.pad_token_id, pad_token=hf_tokenizer.pad_token
         )
+        self.spelling = spelling  # a makevl.spelling.SpellingCorrector, or None
+
+    @classmethod
+    def of_model(cls, model) -> QueryTokenizer:
+        """The tokenizer of a :class:`MakeModel`'s query tower, with its spelling corrector."""
+        return cls(model.query_encoder.tokenizer, model.max_query_tokens, model.spelling)
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        if self.spelling is not None:
+            texts = self.spelling.correct_all(texts)
         encodings = self.tokenizer.encode_batch(texts)
         return {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
@@ -214,7 +223,7 @@ def load_query_encoder(
             f"{index_path}: the {runtime} runtime needs the MAKE model's tokenizer; the "
             f"encoder given ({type(torch_encoder).__name__}) has none"
         )
-    tokenizer = QueryTokenizer(model.query_encoder.tokenizer, model.max_query_tokens)
+    tokenizer = QueryTokenizer.of_model(model)
     return OnnxQueryEncoder(path, tokenizer, threads), runtime
 
 
@@ -275,7 +284,7 @@ def export_runtimes(
             raise IndexStoreError(f"{index_dir}: no parity queries (the index has no titles)")
         reference = encoder.encode_queries(queries)
         model = encoder.model
-        tokenizer = QueryTokenizer(model.query_encoder.tokenizer, model.max_query_tokens)
+        tokenizer = QueryTokenizer.of_model(model)
 
         version = new_version(index_dir)
         try:

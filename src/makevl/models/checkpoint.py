@@ -6,6 +6,8 @@ open formats:
 - ``model.safetensors``  the weights
 - ``config.yaml``        the full run config, so the model can be rebuilt
 - ``keywords.json``      the keyword vocabulary the keyword head predicts
+- ``spelling.json``      the shop's word counts the query spelling corrector uses
+                         (only with ``model.spelling_correction``)
 
 Training adds its own state file (see :mod:`makevl.training.checkpoint`).
 Writes go to a temporary sibling directory ``.NAME.tmp-PID`` that is swapped
@@ -27,6 +29,7 @@ from safetensors.torch import load_model, save_model
 
 from makevl.config import RunConfig, load_config
 from makevl.files import file_sha256, fsync_tree, swap_into_place
+from makevl.spelling import SPELLING, SpellingCorrector
 
 if TYPE_CHECKING:
     from makevl.keywords import KeywordVocab
@@ -38,6 +41,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 KEYWORDS = "keywords.json"
 MODEL_FILES = (WEIGHTS, CONFIG, KEYWORDS)  # what eval, index and serve need
+OPTIONAL_MODEL_FILES = (SPELLING,)  # copied with them where the checkpoint has them
 
 
 class CheckpointError(FileNotFoundError):
@@ -65,6 +69,8 @@ def save_checkpoint(
         save_model(model, str(tmp / WEIGHTS))
         cfg.save(tmp / CONFIG)
         vocab.save(tmp / KEYWORDS)
+        if model.spelling is not None:
+            model.spelling.save(tmp / SPELLING)
         if write_extra is not None:
             write_extra(tmp)
         fsync_tree(tmp)
@@ -124,7 +130,8 @@ def copy_checkpoint(path: str | Path, target: str | Path) -> Path:
     """
     source, target = resolve_checkpoint(path), Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    for name in MODEL_FILES:
+    optional = [name for name in OPTIONAL_MODEL_FILES if (source / name).is_file()]
+    for name in [*MODEL_FILES, *optional]:
         if not (source / name).is_file():
             raise CheckpointError(f"{source}: {name} missing")
         try:
@@ -160,5 +167,21 @@ def load_checkpoint(
             f"{directory / WEIGHTS} does not match the model its config builds: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
+    model.spelling = load_spelling(directory, cfg, model)
     model.to(device).eval()
     return model, cfg, vocab
+
+
+def load_spelling(directory: Path, cfg: RunConfig, model: MakeModel) -> SpellingCorrector | None:
+    """The checkpoint's spelling corrector where its config turns correction on."""
+    if not cfg.model.spelling_correction:
+        return None
+    path = directory / SPELLING
+    if not path.is_file():
+        raise CheckpointError(
+            f"{directory}: {SPELLING} missing (its config sets model.spelling_correction)"
+        )
+    try:
+        return SpellingCorrector.load(path, known=model.query_encoder.tokenizer.get_vocab())
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc

@@ -78,13 +78,20 @@ class MakeEncoder:
 
     It is the index's ``Encoder``; ``model`` is the wrapped module, ``keywords`` its
     keyword vocabulary (the checkpoint's), needed only by :meth:`query_keywords`.
+    Queries are spelling-corrected first where the model carries a corrector
+    (``model.spelling``), unless ``spelling=False`` (the report's ablation).
     """
 
     def __init__(
-        self, model: MakeModel, keywords: list[str] | None = None, image_workers: int = 0
+        self,
+        model: MakeModel,
+        keywords: list[str] | None = None,
+        image_workers: int = 0,
+        spelling: bool = True,
     ) -> None:
         self.model = model
         self.keywords = keywords
+        self.spelling = spelling
         # Processes that decode and resize product images while the model runs (0: none).
         self.image_workers = image_workers
 
@@ -92,6 +99,8 @@ class MakeEncoder:
 
     def tokenize_queries(self, texts: list[str]) -> dict[str, torch.Tensor]:
         model = self.model
+        if self.spelling and model.spelling is not None:
+            texts = model.spelling.correct_all(texts)
         return tokenize(model.query_encoder.tokenizer, texts, model.max_query_tokens)
 
     def tokenize_titles(self, texts: list[str]) -> dict[str, torch.Tensor]:

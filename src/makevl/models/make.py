@@ -13,6 +13,7 @@ loading and batched numpy encoding in :mod:`makevl.models.inference`.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ from torch import nn
 
 from makevl.config import ModelConfig, RunConfig
 from makevl.models.backbones import create_image_tower, create_text_tower, keep_first_layers
+
+if TYPE_CHECKING:
+    from makevl.spelling import SpellingCorrector
 
 BRANCHES = ("title", "image", "fused")  # order of the Modal Adaptation weights
 
@@ -163,6 +167,10 @@ class MakeModel(nn.Module):
             self.keyword_bias = nn.Parameter(torch.zeros(num_keywords))
             self.keyword_out = nn.Linear(d, d)  # W_ke
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / model_cfg.init_temperature)))
+        # Query preprocessing that travels with the weights, like the tokenizer: the
+        # catalog-vocabulary spelling corrector (model.spelling_correction), set by the
+        # trainer and by load_checkpoint; not a module, so not in the weights file.
+        self.spelling: SpellingCorrector | None = None
 
         if model_cfg.freeze_text:  # the title tower (the query tower too when shared)
             self.title_encoder.requires_grad_(False)

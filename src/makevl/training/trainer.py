@@ -48,6 +48,7 @@ from makevl.models.checkpoint import (
 from makevl.models.inference import MakeEncoder
 from makevl.models.make import MakeModel
 from makevl.models.objective import MakeObjective
+from makevl.spelling import SPELLING, SpellingCorrector, build_spelling
 from makevl.training import distributed as dist_utils
 from makevl.training.augment import QueryAugmenter
 from makevl.training.cache import cache_image_features, cache_title_features, default_cache_root
@@ -305,6 +306,8 @@ class Trainer:
         # Model: identical initial weights on every rank, then per-rank RNG streams.
         seed_everything(cfg.train.seed)
         self.model = MakeModel.from_config(cfg, num_keywords=len(self.vocab))
+        if cfg.model.spelling_correction:
+            self.model.spelling = self._spelling(state)
         self.objective = MakeObjective(self.model, cfg.loss, cfg.train.memory_bank_size)
         if state is not None:
             load_model(self.model, str(self.resume_dir / WEIGHTS))
@@ -410,6 +413,7 @@ class Trainer:
             self.vocab = KeywordVocab.load(self.resume_dir / KEYWORDS)
         else:
             self.vocab = build_vocabulary(self.products, records)
+        self.train_queries = records
         self.pairs = training_pairs(self.products, records)
         if not self.pairs:
             raise TrainingError(f"{shop.name}: no (query, product) pairs in the train split")
@@ -422,6 +426,20 @@ class Trainer:
         saved = self.resume_dir / KEYWORDS if state is not None else self.shards.keywords_file
         self.vocab = KeywordVocab.load(saved)
         self.num_pairs = self.shards.rows
+
+    def _spelling(self, state: dict[str, Any] | None) -> SpellingCorrector:
+        """The query spelling corrector: the run's own on resume, else from the train data."""
+        known = self.model.query_encoder.tokenizer.get_vocab()
+        if state is not None and (self.resume_dir / SPELLING).is_file():
+            return SpellingCorrector.load(self.resume_dir / SPELLING, known)
+        if self.cfg.data.train_shards:
+            if not self.shards.spelling_file.is_file():
+                raise TrainingError(
+                    f"{self.shards.spelling_file} missing (shards written by an older makevl): "
+                    "shard the data again, or set model.spelling_correction=false"
+                )
+            return SpellingCorrector.load(self.shards.spelling_file, known)
+        return build_spelling(self.products, self.train_queries, known)
 
     def _build_dataset(self) -> PairDataset | StreamingPairDataset:
         cfg, model, info = self.cfg, self.model, self.info

@@ -1,0 +1,117 @@
+"""Query spelling correction against the shop's own words.
+
+A shopper's typo ("tshrits", "blakc") leaves a word that no title, attribute
+value, keyword or training query contains; the query tower has never seen it
+and its word pieces mean something else. Product search engines fix such words
+before retrieval, the way Elasticsearch's term suggester or SymSpell do: an
+unknown word one edit (a letter dropped, added, changed, or two swapped) from
+a word of the catalog becomes that word, the most frequent one where several
+are that close.
+
+A word is left alone when it is known: in the catalog's words, shorter than
+``min_letters`` (too many neighbours to guess from), not purely letters (sizes,
+model numbers), or a whole word of the query tower's tokenizer (a real word
+the pretrained tower understands, such as a synonym the catalog does not use:
+"gray" is not a typo of "grey"). The catalog's words are counted once, when
+training starts, and saved with every checkpoint as ``spelling.json``, so every
+place that encodes a query (eval, the index, ONNX runtimes, the server)
+corrects it the same way. The file is JSON; SymSpell's own pickle format is never used.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Collection, Iterable
+from pathlib import Path
+
+from symspellpy import SymSpell, Verbosity
+
+from makevl.data.catalog import Product, QueryRecord
+from makevl.data.text import words
+
+SPELLING = "spelling.json"
+FORMAT = "makevl-spelling/1"
+MAX_EDITS = 1
+_TOKEN_RE = re.compile(r"[^\W_]+")  # the words of data.text.words, found in the original text
+
+
+class SpellingCorrector:
+    """Rewrites a query's unknown words to the catalog word one edit away."""
+
+    def __init__(
+        self, counts: dict[str, int], min_letters: int = 4, known: Collection[str] = ()
+    ) -> None:
+        if min_letters < 2:
+            raise ValueError(f"spelling: min_letters must be >= 2, got {min_letters}")
+        self.counts = dict(counts)
+        self.min_letters = min_letters
+        self.known = known  # e.g. the tokenizer's vocabulary: words never corrected
+        self._symspell = SymSpell(max_dictionary_edit_distance=MAX_EDITS)
+        for word, count in self.counts.items():
+            self._symspell.create_dictionary_entry(word, count)
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def correct_word(self, word: str) -> str:
+        """The catalog word ``word`` was meant to be; ``word`` itself when it is known."""
+        lower = word.lower()
+        if (
+            len(lower) < self.min_letters
+            or not lower.isalpha()
+            or lower in self.counts
+            or lower in self.known
+        ):
+            return word
+        found = self._symspell.lookup(lower, Verbosity.TOP, MAX_EDITS)
+        return found[0].term if found else word
+
+    def correct(self, text: str) -> str:
+        """``text`` with each unknown word corrected; everything else as it was."""
+        return _TOKEN_RE.sub(lambda match: self.correct_word(match.group()), text)
+
+    def correct_all(self, texts: Iterable[str]) -> list[str]:
+        return [self.correct(text) for text in texts]
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: str | Path) -> None:
+        ranked = dict(sorted(self.counts.items(), key=lambda item: (-item[1], item[0])))
+        data = {"format": FORMAT, "min_letters": self.min_letters, "words": ranked}
+        Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=0), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path, known: Collection[str] = ()) -> SpellingCorrector:
+        """A saved corrector; ``known`` as for the constructor (it is not saved)."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format {data.get('format')!r}, expected {FORMAT!r}")
+            counts = data["words"]
+            min_letters = data["min_letters"]
+            if not isinstance(min_letters, int) or not isinstance(counts, dict):
+                raise TypeError("'min_letters' must be an integer and 'words' an object")
+            bad = [w for w, c in counts.items() if not isinstance(c, int) or c < 1 or not w]
+            if bad:
+                raise ValueError(f"words need a positive integer count: {bad[:5]}")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path}: not a spelling file: {exc}") from exc
+        return cls(counts, min_letters, known)
+
+
+def build_spelling(
+    products: Iterable[Product], queries: Iterable[QueryRecord], known: Collection[str] = ()
+) -> SpellingCorrector:
+    """Count the words of the products' titles, attribute values and keywords and of the queries."""
+    counts: Counter[str] = Counter()
+    for product in products:
+        counts.update(words(product.title))
+        for value in (product.attributes or {}).values():
+            counts.update(words(str(value)))
+        for keyword in product.keywords:
+            counts.update(words(keyword))
+    for record in queries:
+        counts.update(words(record.query))
+    return SpellingCorrector(dict(counts), known=known)
