@@ -10,9 +10,12 @@ are that close.
 
 A word is left alone when it is known: in the catalog's words, shorter than
 ``min_letters`` (too many neighbours to guess from), not purely letters (sizes,
-model numbers), or a whole word of the query tower's tokenizer (a real word
-the pretrained tower understands, such as a synonym the catalog does not use:
-"gray" is not a typo of "grey"). The catalog's words are counted once, when
+model numbers), a word of the English dictionary SymSpell ships (82,765 words
+from Google Books n-grams and SCOWL), or a whole word of the query tower's
+tokenizer. A real word is not a typo even where the catalog lacks it: "tees"
+is one edit from "ties" and "gray" from "grey", but a shopper who types them
+means them, and the pretrained query tower may know what they mean. The
+catalog's words are counted once, when
 training starts, and saved with every checkpoint as ``spelling.json``, so every
 place that encodes a query (eval, the index, ONNX runtimes, the server)
 corrects it the same way. The file is JSON; SymSpell's own pickle format is never used.
@@ -24,6 +27,8 @@ import json
 import re
 from collections import Counter
 from collections.abc import Collection, Iterable
+from functools import cache
+from importlib.resources import files
 from pathlib import Path
 
 from symspellpy import SymSpell, Verbosity
@@ -37,6 +42,13 @@ MAX_EDITS = 1
 _TOKEN_RE = re.compile(r"[^\W_]+")  # the words of data.text.words, found in the original text
 
 
+@cache
+def english_words() -> frozenset[str]:
+    """The words of SymSpell's English frequency dictionary (installed with symspellpy)."""
+    text = (files("symspellpy") / "frequency_dictionary_en_82_765.txt").read_text("utf-8")
+    return frozenset(line.split(" ", 1)[0] for line in text.splitlines() if line)
+
+
 class SpellingCorrector:
     """Rewrites a query's unknown words to the catalog word one edit away."""
 
@@ -47,7 +59,8 @@ class SpellingCorrector:
             raise ValueError(f"spelling: min_letters must be >= 2, got {min_letters}")
         self.counts = dict(counts)
         self.min_letters = min_letters
-        self.known = known  # e.g. the tokenizer's vocabulary: words never corrected
+        self.known = known  # e.g. the tokenizer's vocabulary: never corrected, nor English words
+        self._english = english_words()
         self._symspell = SymSpell(max_dictionary_edit_distance=MAX_EDITS)
         for word, count in self.counts.items():
             self._symspell.create_dictionary_entry(word, count)
@@ -62,6 +75,7 @@ class SpellingCorrector:
             len(lower) < self.min_letters
             or not lower.isalpha()
             or lower in self.counts
+            or lower in self._english
             or lower in self.known
         ):
             return word
@@ -96,9 +110,9 @@ class SpellingCorrector:
             bad = [w for w, c in counts.items() if not isinstance(c, int) or c < 1 or not w]
             if bad:
                 raise ValueError(f"words need a positive integer count: {bad[:5]}")
+            return cls(counts, min_letters, known)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{path}: not a spelling file: {exc}") from exc
-        return cls(counts, min_letters, known)
 
 
 def build_spelling(

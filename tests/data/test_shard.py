@@ -21,6 +21,7 @@ from makevl.data.shard import (
 )
 from makevl.data.shop import load_shop, split_of
 from makevl.keywords import KeywordVocab, build_vocabulary
+from makevl.spelling import SpellingCorrector, build_spelling
 from makevl.training.data import training_pairs
 
 
@@ -55,6 +56,9 @@ def test_every_train_pair_once_with_its_keywords_and_no_val_or_test_product(tmp_
     for _, row in rows:
         assert row["keywords"] == vocab.keywords_of(row["product_id"])
     assert all(row["image_path"].endswith("product.png") for _, row in rows)
+    # So are the spelling corrector's word counts.
+    spelling = SpellingCorrector.load(manifest.spelling_file)
+    assert spelling.counts == build_spelling(products, records).counts
 
     val = manifest.val_set()
     memory_val = shop.query_set("val")

@@ -67,3 +67,22 @@ def test_a_registered_system_is_picked_up_by_eval(tmp_path, capsys, monkeypatch)
 def test_eval_refuses_a_system_only_the_report_trains():
     with pytest.raises(SystemExit):  # not a choice: it has no checkpoint to load
         main(["eval", "--system", "make-no-ke"])
+
+
+def test_no_spelling_scores_makes_model_with_queries_as_typed():
+    import numpy as np
+
+    from makevl.models.inference import MakeEncoder
+    from makevl.spelling import SpellingCorrector
+    from models.tiny import tiny_model
+
+    build = SYSTEMS["make-no-spelling"].build
+    model = MakeEncoder(tiny_model().eval())
+    assert build(model) == []  # no corrector: it would score MAKE again under another name
+    model.model.spelling = SpellingCorrector({"running": 3, "shoe": 2})
+    [system] = build(model)
+    assert system.name == "make-no-spelling" and system.encode_products == model.encode_products
+    typed = ["runing shoe"]
+    assert not np.allclose(system.encode_queries(typed), model.encode_queries(typed))
+    as_typed = MakeEncoder(model.model, spelling=False).encode_queries(typed)
+    np.testing.assert_array_equal(system.encode_queries(typed), as_typed)

@@ -17,11 +17,12 @@ from makevl.index.search import Searcher
 from makevl.index.store import IndexFileError, ModelMismatchError, read_manifest
 
 
-def save_tiny_checkpoint(directory, catalog, seed: int):
+def save_tiny_checkpoint(directory, catalog, seed: int, spelling: bool = False):
     from makevl.data.shop import read_catalog
     from makevl.keywords import build_vocabulary
     from makevl.models.checkpoint import save_checkpoint
     from makevl.models.make import MakeModel
+    from makevl.spelling import build_spelling
 
     cfg = load_config(
         None,
@@ -29,6 +30,7 @@ def save_tiny_checkpoint(directory, catalog, seed: int):
             "data.preset=custom",
             f"data.catalog={catalog}",
             f"data.queries={catalog}",
+            f"model.spelling_correction={spelling}",
             *TINY_MODEL_OVERRIDES,
         ],
     )
@@ -36,6 +38,8 @@ def save_tiny_checkpoint(directory, catalog, seed: int):
     vocab = build_vocabulary(products)
     torch.manual_seed(seed)
     model = MakeModel.from_config(cfg, num_keywords=len(vocab))
+    if spelling:
+        model.spelling = build_spelling(products, [])
     return save_checkpoint(directory, model, cfg, vocab)
 
 
@@ -115,6 +119,34 @@ def test_checkpoint_index_end_to_end(tmp_path, catalog, capsys, one_thread):
         Searcher(out, checkpoint=tmp_path / "ckpt")
     assert main(["search", str(out), "red t-shirt", "--checkpoint", str(tmp_path / "ckpt")]) == 1
     assert "Rebuild the index" in capsys.readouterr().err
+
+
+def test_an_index_corrects_spelling_as_its_checkpoint_does(tmp_path, catalog, capsys, one_thread):
+    from makevl.index.runtime import export_runtimes
+
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", catalog, seed=0, spelling=True)
+    out = tmp_path / "index"
+    command = ["index", "build", "--checkpoint", str(ckpt), "--catalog", str(catalog)]
+    assert main([*command, "--out", str(out), "--quiet"]) == 0
+    assert (out / "model" / "spelling.json").is_file()  # the index's own copy of the model
+    shutil.rmtree(ckpt)
+
+    def top(searcher, query):
+        return [hit.id for hit in searcher.search([query], k=5)[0]]
+
+    searcher = Searcher(out)
+    assert searcher.searched_as(["lether handbga", "red"]) == ["leather handbag", "red"]
+    expected = top(searcher, "leather handbag")
+    assert top(searcher, "lether handbga") == expected
+    capsys.readouterr()
+    assert main(["search", str(out), "lether handbga", "-k", "5", "--json"]) == 0
+    line = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert line["searched_as"] == "leather handbag"
+    assert [hit["id"] for hit in line["results"]] == expected
+
+    export_runtimes(out)  # the ONNX query tower reads what the torch one reads
+    onnx = Searcher(out, runtime="onnx-fp32")
+    assert onnx.runtime == "onnx-fp32" and top(onnx, "lether handbga") == expected
 
 
 @pytest.fixture

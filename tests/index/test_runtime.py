@@ -184,3 +184,21 @@ def test_onnxruntime_missing_falls_back_to_torch(index_dir, monkeypatch):
     export_runtimes(index_dir, queries=QUERIES)
     monkeypatch.setattr(runtime_module, "onnx_available", lambda: False)
     assert Searcher(index_dir).runtime == "torch"
+
+
+def test_the_onnx_tokenizer_corrects_spelling_as_the_model_does(checkpoint_index):
+    from makevl.spelling import SpellingCorrector
+
+    model = Searcher(checkpoint_index[0]).encoder.model
+    model.spelling = SpellingCorrector({"leather": 4, "handbag": 3, "running": 2})
+    typos = ["lether handbga", "runnig shoes"]
+    try:
+        got = QueryTokenizer.of_model(model)(typos)
+        expected = QueryTokenizer.of_model(model)(["leather handbag", "running shoes"])
+        np.testing.assert_array_equal(got["input_ids"], expected["input_ids"])
+        from makevl.models.inference import MakeEncoder
+
+        torch_ids = MakeEncoder(model).tokenize_queries(typos)["input_ids"].numpy()
+        np.testing.assert_array_equal(got["input_ids"], torch_ids)
+    finally:
+        model.spelling = None

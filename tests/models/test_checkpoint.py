@@ -137,3 +137,36 @@ def test_a_shallower_query_tower_comes_back_from_its_checkpoint(setup, tmp_path:
     cfg.model.shared_query_title_encoder = True
     with pytest.raises(ValueError, match="query_layers needs a query tower of its own"):
         MakeModel.from_config(cfg, num_keywords=len(vocab))
+
+
+def test_the_spelling_corrector_travels_with_the_checkpoint(setup, small_catalog, tmp_path):
+    from makevl.data.shop import read_catalog
+    from makevl.spelling import build_spelling
+
+    cfg, vocab, model = setup
+    cfg.model.spelling_correction = True
+    model.spelling = build_spelling(read_catalog(small_catalog)[0], [])
+    directory = save_checkpoint(tmp_path / "run" / "best", model, cfg, vocab)
+    assert (directory / "spelling.json").is_file()
+    loaded = load_checkpoint(directory)[0]
+    assert loaded.spelling.counts == model.spelling.counts
+    assert loaded.spelling.correct("lether handbga") == "leather handbag"
+    # the query tower's own words are never "corrected": "gray" stays, one edit from "grey"
+    assert "gray" in loaded.spelling.known and loaded.spelling.correct_word("gray") == "gray"
+    copied = ckpt.copy_checkpoint(directory, tmp_path / "copy")
+    assert (copied / "spelling.json").read_bytes() == (directory / "spelling.json").read_bytes()
+
+    (directory / "spelling.json").unlink()
+    with pytest.raises(CheckpointError, match="spelling.json missing .*spelling_correction"):
+        load_checkpoint(directory)
+    (directory / "spelling.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="spelling.json: not a spelling file"):
+        load_checkpoint(directory)
+
+
+def test_a_checkpoint_without_spelling_correction_has_no_corrector(setup, tmp_path: Path) -> None:
+    cfg, vocab, model = setup
+    assert not cfg.model.spelling_correction
+    directory = save_checkpoint(tmp_path / "best", model, cfg, vocab)
+    assert not (directory / "spelling.json").exists()
+    assert load_checkpoint(directory)[0].spelling is None

@@ -85,3 +85,18 @@ def test_batched_encoding_is_deterministic_and_tolerates_bad_images(encoder, tmp
     np.testing.assert_allclose(queries, encoder.encode_queries(QUERIES), atol=1e-5)
     assert encoder.encode_queries([]).shape == (0, 32)
     model.eval()
+
+
+def test_queries_are_spelling_corrected_before_the_tokenizer_where_the_model_corrects():
+    from makevl.spelling import SpellingCorrector
+
+    model = tiny_model().eval()
+    model.spelling = SpellingCorrector({"running": 3, "shoe": 2, "black": 2, "watch": 1})
+    corrected, as_typed = MakeEncoder(model), MakeEncoder(model, spelling=False)
+    typos = ["runing shoe", "blakc watch"]
+    clean = corrected.tokenize_queries(["running shoe", "black watch"])["input_ids"]
+    assert torch.equal(corrected.tokenize_queries(typos)["input_ids"], clean)
+    assert not torch.equal(as_typed.tokenize_queries(typos)["input_ids"], clean)
+    np.testing.assert_array_equal(
+        corrected.encode_queries(typos), corrected.encode_queries(["running shoe", "black watch"])
+    )

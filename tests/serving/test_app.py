@@ -355,3 +355,29 @@ def test_explain_returns_the_keywords_keyword_enhancement_attached(tmp_path):
     assert plain["keywords"] is None
     assert len(batch["keywords"]) == 2  # one list per query, the same as one by one
     assert [k["keyword"] for k in batch["keywords"][0]] == [k["keyword"] for k in body["keywords"]]
+
+
+def test_a_misspelt_query_is_searched_as_corrected_and_says_so(tmp_path):
+    from index.index_testing import write_catalog
+    from makevl.data.catalog import iter_catalog
+    from makevl.index.build import build_index
+    from makevl.models.inference import MakeEncoder
+    from makevl.spelling import build_spelling
+    from models.tiny import tiny_model
+
+    products = list(iter_catalog(write_catalog(tmp_path / "shop")))
+    model = tiny_model().eval()
+    model.spelling = build_spelling(products, [])
+    encoder = MakeEncoder(model)
+    build_index(products, tmp_path / "index", encoder, encoder_spec={"type": "test"},
+                model_hash="tiny", progress=False)  # fmt: skip
+    searcher = Searcher(tmp_path / "index", encoder=encoder, model_hash="tiny")
+    with TestClient(create_app(searcher)) as tiny_client:
+        for mode in ("vector", "hybrid"):
+            typed = tiny_client.get("/search", params={"q": "lether handbga", "mode": mode}).json()
+            meant = tiny_client.get("/search", params={"q": "leather handbag", "mode": mode}).json()
+            assert typed["query"] == "lether handbga"
+            assert typed["searched_as"] == meant["searched_as"] == "leather handbag"
+            assert [r["id"] for r in typed["results"]] == [r["id"] for r in meant["results"]]
+        batch = tiny_client.post("/search", json={"queries": ["runing shoes", "red"]}).json()
+    assert batch["searched_as"] == ["running shoes", "red"]

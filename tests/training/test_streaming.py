@@ -269,3 +269,23 @@ def test_frozen_image_features_are_cached_shard_by_shard(shards: Path, tmp_path:
     samples = next(iter(dataset))
     assert len(samples) == 48
     assert all(s["image_tokens"].shape == (2, 4) and "pixel_values" not in s for s in samples)
+
+
+def test_the_shards_spelling_corrector_goes_into_the_checkpoint(shards, tmp_path, tiny_config):
+    from makevl.training.trainer import TrainingError
+
+    catalog = shards.parent / "shop" / "catalog.csv"
+    settings = (f"data.train_shards={shards}", "model.spelling_correction=true",
+                "train.max_steps=1")  # fmt: skip
+    train(tiny_config(catalog, tmp_path / "run", *settings))
+    saved = tmp_path / "run" / "last" / "spelling.json"
+    assert saved.read_bytes() == (shards / "spelling.json").read_bytes()
+
+    old = tmp_path / "old-shards"  # shards written before makevl counted words
+    old.mkdir()
+    for path in shards.iterdir():
+        if path.name != "spelling.json":
+            os.symlink(path, old / path.name)
+    with pytest.raises(TrainingError, match="spelling.json missing .*shard the data again"):
+        train(tiny_config(catalog, tmp_path / "run2", f"data.train_shards={old}",
+                          "model.spelling_correction=true"))  # fmt: skip

@@ -79,6 +79,7 @@ def search_command(args: argparse.Namespace) -> int:
         )
         results = searcher.search(queries, k=args.k, filters=filters, mode=args.mode, fusion=fusion)
         explained = searcher.query_keywords(queries) if args.explain else None
+        searched_as = searcher.searched_as(queries)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -86,6 +87,7 @@ def search_command(args: argparse.Namespace) -> int:
         for number, (query, hits) in enumerate(zip(queries, results)):
             line = {
                 "query": query,
+                "searched_as": searched_as[number],
                 "runtime": searcher.runtime,
                 "results": [h.to_dict() for h in hits],
             }
@@ -100,6 +102,8 @@ def search_command(args: argparse.Namespace) -> int:
     console = Console()
     for number, (query, hits) in enumerate(zip(queries, results)):
         title = f"{query!r}: top {len(hits)} of {len(searcher)} ({searcher.runtime} query tower)"
+        if searched_as[number] != query:
+            title += f", searched as {searched_as[number]!r}"
         if filters:
             title += " where " + " and ".join(f"{a} in {v}" for a, v in filters.items())
         if explained:

@@ -273,7 +273,7 @@ class Searcher:
     ) -> list[list[tuple[int, float]]]:
         depth = min(max(k, fusion.depth), len(self))
         _, vector_ids = self.backend.search(vectors, depth, allowed)
-        lexical = self.lexical.search(queries, depth, allowed)
+        lexical = self.lexical.search(self.searched_as(queries), depth, allowed)
         results = []
         for vector_row, (lexical_ids, _) in zip(vector_ids, lexical):
             fused = fusion.fuse(vector_row[vector_row >= 0].tolist(), lexical_ids.tolist())[:k]
@@ -319,6 +319,12 @@ class Searcher:
         if explain is None:
             return [[] for _ in queries]
         return explain(list(queries), top)
+
+    def searched_as(self, queries: list[str]) -> list[str]:
+        """Each query as the index searches it: spelling-corrected where the model corrects
+        (:mod:`makevl.spelling`), else as typed."""
+        spelling = getattr(getattr(self.encoder, "model", None), "spelling", None)
+        return spelling.correct_all(queries) if spelling is not None else list(queries)
 
     def product(self, product_id: str) -> Hit | None:
         row = self.row_of_id.get(product_id)

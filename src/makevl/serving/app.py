@@ -222,6 +222,7 @@ class QueryKeyword(BaseModel):
 
 class SearchResponse(BaseModel):
     query: str
+    searched_as: str  # the query after spelling correction (the same where nothing changed)
     k: int
     mode: str
     filters: dict[str, list[str]]
@@ -231,6 +232,7 @@ class SearchResponse(BaseModel):
 
 
 class BatchResponse(BaseModel):
+    searched_as: list[str]  # each query after spelling correction
     k: int
     mode: str
     filters: dict[str, list[str]]
@@ -453,6 +455,7 @@ def create_app(
             ]
         response.headers[VERSION_HEADER] = index_version(searcher)
         return {
+            "searched_as": searcher.searched_as(queries),
             "k": k,
             "mode": options.mode,
             "filters": filters,
@@ -470,6 +473,7 @@ def create_app(
         return {
             **found,
             "query": params.q,
+            "searched_as": found["searched_as"][0],
             "results": found["results"][0],
             "keywords": keywords[0] if keywords is not None else None,
         }

@@ -90,8 +90,9 @@ async function search(query, k) {
     }
     results.replaceChildren(...body.results.map(card));
     const where = activeFilters.size ? ` where ${[...activeFilters].join(", ")}` : "";
-    statusLine.textContent = `${body.results.length} results for “${body.query}”${where} ` +
-      `in ${body.took_ms.toFixed(1)} ms`;
+    const corrected = body.searched_as !== body.query ? ` (searched as “${body.searched_as}”)` : "";
+    statusLine.textContent = `${body.results.length} results for “${body.query}”${corrected}` +
+      `${where} in ${body.took_ms.toFixed(1)} ms`;
     showKeywords(body.keywords);
   } catch (error) {
     results.replaceChildren();

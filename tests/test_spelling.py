@@ -1,0 +1,114 @@
+"""Query spelling correction: which words it rewrites, to what, and its file."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from makevl.data.catalog import Product, QueryRecord
+from makevl.data.text import add_typo
+from makevl.spelling import SpellingCorrector, build_spelling
+
+PRODUCTS = [
+    Product("p1", "Roadster Men Black Cotton Tshirts", None, {"colour": "Black"}, ["casual"]),
+    Product("p2", "Puma Women Running Sneakers", None, {"colour": "Navy Blue"}),
+    Product("p3", "Fossil Black Leather Watches", None, {"colour": "Black"}),
+]
+QUERIES = [QueryRecord("black tshirts for men", "p1"), QueryRecord("sports shoes", "p2")]
+
+
+@pytest.fixture
+def corrector() -> SpellingCorrector:
+    return build_spelling(PRODUCTS, QUERIES)
+
+
+def test_words_come_from_titles_attributes_keywords_and_queries(corrector):
+    assert corrector.counts["black"] == 5  # two titles, two colour values, one query
+    assert {"navy", "casual", "sports", "roadster"} <= set(corrector.counts)
+    assert "p1" not in corrector.counts  # ids are not words a shopper types
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("blak", "black"),  # a letter dropped
+        ("blacck", "black"),  # doubled
+        ("balck", "black"),  # two swapped
+        ("bleck", "black"),  # one changed
+        ("tshrits", "tshirts"),
+        ("Blak", "black"),  # case does not matter
+    ],
+)
+def test_a_word_one_edit_from_a_shop_word_becomes_that_word(corrector, typed, meant):
+    assert corrector.correct_word(typed) == meant
+
+
+def test_the_more_frequent_of_two_equally_close_words_wins():
+    corrector = SpellingCorrector({"shirt": 9, "skirt": 2})
+    assert corrector.correct_word("shhirt") == "shirt"
+    assert corrector.correct_word("sirt") == "shirt"  # "shirt" and "skirt" are both one edit away
+
+
+@pytest.mark.parametrize(
+    "word",
+    [
+        "black",  # a shop word
+        "blk",  # too short to guess
+        "bllakk",  # two edits away
+        "1080p",  # not only letters
+        "gray",  # one edit from "grey", but an English word
+        "tees",  # one edit from "ties", but an English word
+        "kurtaa",  # not English, but a word the query tower knows whole (``known``)
+        "zzzzzz",  # nothing close
+    ],
+)
+def test_known_short_distant_and_real_words_are_left_alone(word):
+    corrector = SpellingCorrector({"black": 3, "grey": 2, "ties": 2, "kurta": 1}, known={"kurtaa"})
+    assert corrector.correct_word(word) == word
+
+
+def test_only_the_misspelt_word_changes_in_a_query(corrector):
+    assert corrector.correct("Blak T-shirt, size 42!") == "black T-shirt, size 42!"
+    assert corrector.correct_all(["sports shoes", "runing sneakers"]) == [
+        "sports shoes", "running sneakers",
+    ]  # fmt: skip
+
+
+def test_the_typos_training_augments_with_are_undone(corrector):
+    rng = random.Random(0)
+    # words of 5+ letters: a typo leaves at least min_letters (4) to correct
+    queries = ["black tshirts", "cotton sneakers", "black leather watches", "running sneakers"]
+    fixed = 0
+    for query in queries * 5:
+        typo = add_typo(query, rng, set(corrector.counts))
+        assert typo != query
+        fixed += corrector.correct(typo) == query
+    assert fixed == 20
+
+
+def test_round_trip_through_its_json_file(corrector, tmp_path):
+    corrector.save(tmp_path / "spelling.json")
+    loaded = SpellingCorrector.load(tmp_path / "spelling.json", known={"gray"})
+    assert loaded.counts == corrector.counts and loaded.min_letters == corrector.min_letters
+    assert loaded.correct("balck tshrits") == "black tshirts"
+    assert loaded.known == {"gray"}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        json.dumps({"format": "other/1", "min_letters": 4, "words": {}}),
+        json.dumps({"format": "makevl-spelling/1", "words": {"black": 2}}),
+        json.dumps({"format": "makevl-spelling/1", "min_letters": 4, "words": {"black": -1}}),
+        json.dumps({"format": "makevl-spelling/1", "min_letters": 4, "words": ["black"]}),
+        json.dumps({"format": "makevl-spelling/1", "min_letters": 1, "words": {"black": 1}}),
+    ],
+)
+def test_a_bad_file_is_a_clear_error_naming_it(tmp_path, content):
+    path = tmp_path / "spelling.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match="spelling.json: not a spelling file"):
+        SpellingCorrector.load(path)
