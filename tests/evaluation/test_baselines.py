@@ -150,3 +150,10 @@ def test_hybrid_system_fuses_the_vector_ranking_with_bm25_over_titles_and_keywor
     lexical_only = HybridSystem(FixedOrder(), Fusion(vector_weight=0))
     assert lexical_only.rank(["casio watch"], pool, k=3)[0] == ["p2", "kw"]
     assert SYSTEMS["hybrid"].needs_model and SYSTEMS["hybrid"].in_report
+    # BM25 reads the query as the spelling corrector leaves it, as in the index
+    from makevl.spelling import build_spelling
+
+    corrected = HybridSystem(FixedOrder(), Fusion(vector_weight=0), spelling=build_spelling(pool, []))
+    assert lexical_only.rank(["cassio"], pool, k=3)[0] == []
+    assert corrected.rank(["cassio"], pool, k=3)[0] == lexical_only.rank(["casio"], pool, k=3)[0]
+    assert sorted(corrected.rank(["cassio"], pool, k=3)[0]) == ["kw", "p2"]

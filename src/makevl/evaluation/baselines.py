@@ -23,6 +23,7 @@ from makevl.data.text import bm25_tokens
 from makevl.evaluation.evaluator import EmbeddingSystem
 from makevl.evaluation.metrics import top_k
 from makevl.index.lexical import Fusion, LexicalIndex
+from makevl.spelling import SpellingCorrector
 
 
 class BM25System:
@@ -180,17 +181,26 @@ def static_fusion_grid(
 
 class HybridSystem:
     """A vector system (MAKE) and the index's BM25 channel (titles and keywords), fused by
-    reciprocal rank: what ``makevl search --mode hybrid`` and the server's ``mode=hybrid`` rank."""
+    reciprocal rank: what ``makevl search --mode hybrid`` and the server's ``mode=hybrid`` rank.
+    BM25 reads the query as MAKE's spelling corrector leaves it (``spelling``), as there."""
 
-    def __init__(self, vector: EmbeddingSystem, fusion: Fusion | None = None, name: str = "hybrid"):
+    def __init__(
+        self,
+        vector: EmbeddingSystem,
+        fusion: Fusion | None = None,
+        name: str = "hybrid",
+        spelling: SpellingCorrector | None = None,
+    ):
         self.vector = vector
         self.fusion = fusion or Fusion()
         self.name = name
+        self.spelling = spelling
 
     def rank(self, queries: list[str], pool: list[Product], k: int) -> list[list[str]]:
         depth = max(k, self.fusion.depth)
         vector = self.vector.rank(queries, pool, depth)
-        lexical = LexicalIndex.from_products(pool, np.arange(len(pool))).search(queries, depth)
+        texts = self.spelling.correct_all(queries) if self.spelling is not None else queries
+        lexical = LexicalIndex.from_products(pool, np.arange(len(pool))).search(texts, depth)
         ids = [p.id for p in pool]
         return [
             [pid for pid, _ in self.fusion.fuse(ranking, [ids[row] for row in rows])[:k]]

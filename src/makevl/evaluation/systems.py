@@ -77,7 +77,8 @@ def _no_spelling(model: Any) -> list[RankingSystem]:
 def _hybrid(model: Any) -> list[RankingSystem]:
     from makevl.evaluation.baselines import HybridSystem
 
-    return [HybridSystem(EmbeddingSystem("make", model.encode_queries, model.encode_products))]
+    make = EmbeddingSystem("make", model.encode_queries, model.encode_products)
+    return [HybridSystem(make, spelling=model.model.spelling)]
 
 
 def _branch(model, titles: list[str] | None = None, products: list[Product] | None = None):
