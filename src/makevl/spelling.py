@@ -10,15 +10,16 @@ are that close.
 
 A word is left alone when it is known: in the catalog's words, shorter than
 ``min_letters`` (too many neighbours to guess from), not purely letters (sizes,
-model numbers), a word of the English dictionary SymSpell ships (82,765 words
-from Google Books n-grams and SCOWL), or a whole word of the query tower's
-tokenizer. A real word is not a typo even where the catalog lacks it: "tees"
-is one edit from "ties" and "gray" from "grey", but a shopper who types them
-means them, and the pretrained query tower may know what they mean. The
-catalog's words are counted once, when
-training starts, and saved with every checkpoint as ``spelling.json``, so every
-place that encodes a query (eval, the index, ONNX runtimes, the server)
-corrects it the same way. The file is JSON; SymSpell's own pickle format is never used.
+model numbers), a word of the English frequency dictionary SymSpell ships
+(82,834 words), or a whole word of the query tower's tokenizer. A real word is
+not a typo even where the catalog lacks it: "tees" is one edit from "ties" and
+"gray" from "grey", but a shopper who types them means them, and the
+pretrained query tower may know what they mean.
+
+The catalog's words are counted once, when training starts, and saved with
+every checkpoint as ``spelling.json``, so every place that encodes a query
+(eval, the index, ONNX runtimes, the server) corrects it the same way. The file
+is JSON; SymSpell's own pickle format is never used.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class SpellingCorrector:
             raise ValueError(f"spelling: min_letters must be >= 2, got {min_letters}")
         self.counts = dict(counts)
         self.min_letters = min_letters
-        self.known = known  # e.g. the tokenizer's vocabulary: never corrected, nor English words
+        self.known = known  # never corrected, as English words are not: the tokenizer's words
         self._english = english_words()
         self._symspell = SymSpell(max_dictionary_edit_distance=MAX_EDITS)
         for word, count in self.counts.items():
