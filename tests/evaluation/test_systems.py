@@ -84,5 +84,5 @@ def test_no_spelling_scores_makes_model_with_queries_as_typed():
     assert system.name == "make-no-spelling" and system.encode_products == model.encode_products
     typed = ["runing shoe"]
     assert not np.allclose(system.encode_queries(typed), model.encode_queries(typed))
-    as_typed = MakeEncoder(model.model, spelling=False).encode_queries(typed)
+    as_typed = MakeEncoder(model.model, correct_spelling=False).encode_queries(typed)
     np.testing.assert_array_equal(system.encode_queries(typed), as_typed)

@@ -17,7 +17,7 @@ from makevl.index.search import Searcher
 from makevl.index.store import IndexFileError, ModelMismatchError, read_manifest
 
 
-def save_tiny_checkpoint(directory, catalog, seed: int, spelling: bool = False):
+def save_tiny_checkpoint(directory, catalog, seed: int, correct_spelling: bool = False):
     from makevl.data.shop import read_catalog
     from makevl.keywords import build_vocabulary
     from makevl.models.checkpoint import save_checkpoint
@@ -30,7 +30,7 @@ def save_tiny_checkpoint(directory, catalog, seed: int, spelling: bool = False):
             "data.preset=custom",
             f"data.catalog={catalog}",
             f"data.queries={catalog}",
-            f"model.spelling_correction={spelling}",
+            f"model.spelling_correction={correct_spelling}",
             *TINY_MODEL_OVERRIDES,
         ],
     )
@@ -38,7 +38,7 @@ def save_tiny_checkpoint(directory, catalog, seed: int, spelling: bool = False):
     vocab = build_vocabulary(products)
     torch.manual_seed(seed)
     model = MakeModel.from_config(cfg, num_keywords=len(vocab))
-    if spelling:
+    if correct_spelling:
         model.spelling = build_spelling(products, [])
     return save_checkpoint(directory, model, cfg, vocab)
 
@@ -124,7 +124,7 @@ def test_checkpoint_index_end_to_end(tmp_path, catalog, capsys, one_thread):
 def test_an_index_corrects_spelling_as_its_checkpoint_does(tmp_path, catalog, capsys, one_thread):
     from makevl.index.runtime import export_runtimes
 
-    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", catalog, seed=0, spelling=True)
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", catalog, seed=0, correct_spelling=True)
     out = tmp_path / "index"
     command = ["index", "build", "--checkpoint", str(ckpt), "--catalog", str(catalog)]
     assert main([*command, "--out", str(out), "--quiet"]) == 0
@@ -147,6 +147,12 @@ def test_an_index_corrects_spelling_as_its_checkpoint_does(tmp_path, catalog, ca
     export_runtimes(out)  # the ONNX query tower reads what the torch one reads
     onnx = Searcher(out, runtime="onnx-fp32")
     assert onnx.runtime == "onnx-fp32" and top(onnx, "lether handbga") == expected
+    typed, meant = onnx.query_encoder.encode_queries(["lether handbga", "leather handbag"])
+    np.testing.assert_allclose(typed, meant, atol=1e-6)
+    from makevl.models.inference import MakeEncoder
+
+    as_typed = MakeEncoder(searcher.encoder.model, correct_spelling=False)
+    assert not np.allclose(as_typed.encode_queries(["lether handbga"])[0], meant, atol=1e-4)
 
 
 @pytest.fixture

@@ -92,7 +92,7 @@ def test_queries_are_spelling_corrected_before_the_tokenizer_where_the_model_cor
 
     model = tiny_model().eval()
     model.spelling = SpellingCorrector({"running": 3, "shoe": 2, "black": 2, "watch": 1})
-    corrected, as_typed = MakeEncoder(model), MakeEncoder(model, spelling=False)
+    corrected, as_typed = MakeEncoder(model), MakeEncoder(model, correct_spelling=False)
     typos = ["runing shoe", "blakc watch"]
     clean = corrected.tokenize_queries(["running shoe", "black watch"])["input_ids"]
     assert torch.equal(corrected.tokenize_queries(typos)["input_ids"], clean)

@@ -132,7 +132,7 @@ def test_spelling_correction_wins_back_what_typos_cost(demo300, tmp_path, tiny_c
                       "model.spelling_correction=true")  # fmt: skip
     train(cfg)
     model = load_checkpoint(tmp_path / "run" / "best")[0]
-    corrected, as_typed = MakeEncoder(model), MakeEncoder(model, spelling=False)
+    corrected, as_typed = MakeEncoder(model), MakeEncoder(model, correct_spelling=False)
     shop = load_shop(cfg.data)
     clean = shop.query_set("train")  # the queries the model learned: what a typo costs is plain
     rng = random.Random(0)

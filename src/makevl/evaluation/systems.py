@@ -70,7 +70,7 @@ def _no_spelling(model: Any) -> list[RankingSystem]:
         return []
     from makevl.models.inference import MakeEncoder
 
-    as_typed = MakeEncoder(model.model, model.keywords, spelling=False)
+    as_typed = MakeEncoder(model.model, model.keywords, correct_spelling=False)
     return [EmbeddingSystem("make-no-spelling", as_typed.encode_queries, model.encode_products)]
 
 

@@ -79,7 +79,7 @@ class MakeEncoder:
     It is the index's ``Encoder``; ``model`` is the wrapped module, ``keywords`` its
     keyword vocabulary (the checkpoint's), needed only by :meth:`query_keywords`.
     Queries are spelling-corrected first where the model carries a corrector
-    (``model.spelling``), unless ``spelling=False`` (the report's ablation).
+    (``model.spelling``), unless ``correct_spelling=False`` (the report's ablation).
     """
 
     def __init__(
@@ -87,11 +87,11 @@ class MakeEncoder:
         model: MakeModel,
         keywords: list[str] | None = None,
         image_workers: int = 0,
-        spelling: bool = True,
+        correct_spelling: bool = True,
     ) -> None:
         self.model = model
         self.keywords = keywords
-        self.spelling = spelling
+        self.correct_spelling = correct_spelling
         # Processes that decode and resize product images while the model runs (0: none).
         self.image_workers = image_workers
 
@@ -99,7 +99,7 @@ class MakeEncoder:
 
     def tokenize_queries(self, texts: list[str]) -> dict[str, torch.Tensor]:
         model = self.model
-        if self.spelling and model.spelling is not None:
+        if self.correct_spelling and model.spelling is not None:
             texts = model.spelling.correct_all(texts)
         return tokenize(model.query_encoder.tokenizer, texts, model.max_query_tokens)
 
