@@ -131,6 +131,9 @@ class TrainConfig(_Section):
     augment_drop_word: float = Field(0.0, ge=0.0, le=1.0)
     augment_reorder: float = Field(0.0, ge=0.0, le=1.0)
     eval_every: int = Field(0, ge=0)  # steps between validation runs; 0: at epoch end
+    # At each validation, fit the temperature of MA's softmax on the val split
+    # (training/calibration.py); it applies in eval mode only. False: keep 1.
+    calibrate_gate: bool = True
     # steps between checkpoints of out_dir/last (besides those at validation); 0: only
     # there. Bounds what a crash (kill -9, power loss) costs.
     save_every_steps: int = Field(500, ge=0)

@@ -86,3 +86,25 @@ def test_no_spelling_scores_makes_model_with_queries_as_typed():
     assert not np.allclose(system.encode_queries(typed), model.encode_queries(typed))
     as_typed = MakeEncoder(model.model, correct_spelling=False).encode_queries(typed)
     np.testing.assert_array_equal(system.encode_queries(typed), as_typed)
+
+
+def test_make_uncalibrated_scores_the_gate_as_trained_and_leaves_make_calibrated():
+    import numpy as np
+
+    from makevl.data.catalog import Product
+    from makevl.models.inference import MakeEncoder
+    from models.tiny import TITLES, tiny_model
+
+    build = SYSTEMS["make-uncalibrated"].build
+    model = MakeEncoder(tiny_model().eval())
+    assert build(model) == []  # temperature 1: it would score MAKE again under another name
+    products = [Product(id=f"p{i}", title=t, image=None) for i, t in enumerate(TITLES)]
+    sharp = model.encode_products(products, on_error=lambda *_: None).modality_weights
+    model.model.gate_temperature.fill_(4.0)
+    soft = model.encode_products(products, on_error=lambda *_: None).modality_weights
+    [system] = build(model)
+    assert system.name == "make-uncalibrated"
+    as_trained = system.encode_products(products, on_error=lambda *_: None).modality_weights
+    np.testing.assert_allclose(as_trained, sharp, atol=1e-6)
+    assert not np.allclose(soft, sharp, atol=1e-3)
+    assert float(model.model.gate_temperature) == 4.0  # MAKE itself stays calibrated

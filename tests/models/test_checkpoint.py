@@ -170,3 +170,26 @@ def test_a_checkpoint_without_spelling_correction_has_no_corrector(setup, tmp_pa
     directory = save_checkpoint(tmp_path / "best", model, cfg, vocab)
     assert not (directory / "spelling.json").exists()
     assert load_checkpoint(directory)[0].spelling is None
+
+
+def test_the_gate_temperature_travels_with_the_weights(setup, tmp_path: Path) -> None:
+    cfg, vocab, model = setup
+    model.gate_temperature.fill_(3.0)
+    save_checkpoint(tmp_path / "run" / "best", model, cfg, vocab)
+    assert float(load_checkpoint(tmp_path / "run")[0].gate_temperature) == 3.0
+
+
+def test_weights_saved_before_the_gate_temperature_load_with_1(setup, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    cfg, vocab, model = setup
+    model.gate_temperature.fill_(3.0)
+    directory = save_checkpoint(tmp_path / "run" / "best", model, cfg, vocab)
+    weights = load_file(directory / "model.safetensors")
+    del weights["gate_temperature"]
+    save_file(weights, directory / "model.safetensors")
+    assert float(load_checkpoint(directory)[0].gate_temperature) == 1.0
+    del weights["logit_scale"]  # any other missing weight is still an error
+    save_file(weights, directory / "model.safetensors")
+    with pytest.raises(CheckpointError, match="missing.*logit_scale"):
+        load_checkpoint(directory)

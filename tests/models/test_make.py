@@ -180,3 +180,24 @@ def test_the_pooled_image_token_exists_only_when_the_pooled_vector_adds_to_the_t
     model = MakeModel(ModelConfig(embed_dim=32, fusion_layers=1, fusion_heads=2,
                                   image_colour_levels=2), image_size=32)
     assert model.fusion.pooled_image_in.in_features == model.image_encoder.pooled_features
+
+
+def test_the_gate_temperature_softens_ma_weights_in_eval_mode_only():
+    model = tiny_model()
+    inputs = product_inputs(make_batch(model))
+
+    def weights_and_logits(training: bool):
+        model.train(training)
+        with torch.no_grad():
+            out = model.encode_product(**inputs)
+            stacked = torch.stack([out[b] for b in ("title", "image", "fused")], dim=1)
+            return out["modality_weights"], model.gate(stacked.flatten(1))
+
+    sharp, _ = weights_and_logits(False)
+    model.gate_temperature.fill_(4.0)
+    soft, logits = weights_and_logits(False)
+    torch.testing.assert_close(soft, (logits / 4.0).softmax(-1))
+    spread = lambda w: (w.max(-1).values - w.min(-1).values).mean()
+    assert spread(soft) < spread(sharp)
+    trained, logits = weights_and_logits(True)  # the gate learns at temperature 1
+    torch.testing.assert_close(trained, logits.softmax(-1))

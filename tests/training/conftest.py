@@ -20,6 +20,14 @@ def demo40(tmp_path_factory) -> Path:
     return out / "catalog.csv"
 
 
+@pytest.fixture(scope="session")
+def demo300(tmp_path_factory) -> Path:
+    """A 300-product demo shop (about 780 train pairs, 27 val products): enough to learn on."""
+    out = tmp_path_factory.mktemp("demo300")
+    make_demo_shop(out, n_products=300, image_size=32)
+    return out / "catalog.csv"
+
+
 @pytest.fixture
 def demo_copy(demo40: Path, tmp_path: Path) -> Path:
     """A private copy of the 40-product shop, for tests that break its files."""

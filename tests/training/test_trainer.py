@@ -19,7 +19,6 @@ from safetensors.torch import load_file
 
 from makevl.cli import main as cli_main
 from makevl.config import bundled_config
-from makevl.data.demo import make_demo_shop
 from makevl.models.checkpoint import load_checkpoint
 from makevl.models.make import MakeModel
 from makevl.training import distributed as dist_utils
@@ -82,13 +81,6 @@ def test_refuses_to_overwrite_a_run_and_to_resume_nothing(demo40, tmp_path, tiny
     train(cfg)
     with pytest.raises(TrainingError, match="already holds a checkpoint.*--resume"):
         train(cfg)
-
-
-@pytest.fixture(scope="module")
-def demo300(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo300")
-    make_demo_shop(out, n_products=300, image_size=32)
-    return out / "catalog.csv"
 
 
 def test_training_lowers_loss_and_beats_the_untrained_model(demo300, tmp_path, tiny_config):

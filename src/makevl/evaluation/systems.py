@@ -74,6 +74,24 @@ def _no_spelling(model: Any) -> list[RankingSystem]:
     return [EmbeddingSystem("make-no-spelling", as_typed.encode_queries, model.encode_products)]
 
 
+def _uncalibrated(model: Any) -> list[RankingSystem]:
+    """MAKE's own trained model with MA's gate at temperature 1, as it trained (none where
+    the model has no gate or kept 1)."""
+    gate_model = model.model
+    if gate_model.gate is None or float(gate_model.gate_temperature) == 1.0:
+        return []
+
+    def encode_products(products: list[Product], **kwargs: Any):
+        calibrated = gate_model.gate_temperature.clone()
+        gate_model.gate_temperature.fill_(1.0)
+        try:
+            return model.encode_products(products, **kwargs)
+        finally:
+            gate_model.gate_temperature.copy_(calibrated)
+
+    return [EmbeddingSystem("make-uncalibrated", model.encode_queries, encode_products)]
+
+
 def _hybrid(model: Any) -> list[RankingSystem]:
     from makevl.evaluation.baselines import HybridSystem
 
@@ -150,6 +168,10 @@ for _spec in [
     SystemSpec("make-no-spelling", "ablation",
                "MAKE's trained model without query spelling correction (no retraining)",
                build=_no_spelling, needs_model=True),
+    SystemSpec("make-uncalibrated", "ablation",
+               "MAKE's trained model with MA's gate as trained, not calibrated on validation "
+               "(no retraining)",
+               build=_uncalibrated, needs_model=True),
     SystemSpec("clip-query-image", "baseline",
                "CLIP-style two-tower: query vs product image, trained here",
                train_overrides=("model.product_branch=image", *MAIN_LOSS_ONLY)),

@@ -161,15 +161,22 @@ def load_checkpoint(
     cfg = load_config(directory / CONFIG)
     vocab = KeywordVocab.load(directory / KEYWORDS)
     model = MakeModel.from_config(cfg, num_keywords=len(vocab.keywords))
-    missing, unexpected = load_model(model, str(directory / WEIGHTS), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{directory / WEIGHTS} does not match the model its config builds: "
-            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
+    load_weights(model, directory / WEIGHTS)
     model.spelling = load_spelling(directory, cfg, model)
     model.to(device).eval()
     return model, cfg, vocab
+
+
+def load_weights(model: MakeModel, path: Path) -> None:
+    """Load a weights file into ``model``; it must match the model its config builds.
+    Files saved before MA's gate temperature existed load with the temperature at 1."""
+    missing, unexpected = load_model(model, str(path), strict=False)
+    missing = [name for name in missing if name != "gate_temperature"]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match the model its config builds: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
 
 
 def load_spelling(directory: Path, cfg: RunConfig, model: MakeModel) -> SpellingCorrector | None:

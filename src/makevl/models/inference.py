@@ -221,9 +221,20 @@ class MakeEncoder:
     ) -> np.ndarray:
         """One branch's unit vectors [N, d] (``"title"``, ``"image"`` or ``"fused"``),
         for baselines built on a single branch."""
-        if branch not in BRANCHES:
-            raise ValueError(f"unknown branch {branch!r}; expected one of {BRANCHES}")
-        return self._encode(products, (branch,), batch_size, on_error)[0][branch]
+        return self.encode_branches(products, (branch,), batch_size, on_error)[branch]
+
+    def encode_branches(
+        self,
+        products: Iterable[Product],
+        branches: tuple[str, ...] = BRANCHES,
+        batch_size: int = 64,
+        on_error: OnError | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Each of ``branches``' unit vectors [N, d], by branch name, in pool order."""
+        unknown = [b for b in branches if b not in BRANCHES]
+        if unknown:
+            raise ValueError(f"unknown branch {unknown[0]!r}; expected one of {BRANCHES}")
+        return self._encode(products, branches, batch_size, on_error)[0]
 
     @torch.no_grad()
     def _encode(

@@ -158,6 +158,10 @@ class MakeModel(nn.Module):
             if model_cfg.modal_adaptation and model_cfg.product_branch == "adaptive"
             else None
         )
+        if self.gate is not None:
+            # Divides the gate's logits in eval mode only: fit on the val split after
+            # training (training/calibration.py), 1 while the gate learns.
+            self.register_buffer("gate_temperature", torch.tensor(1.0))
         # Keyword Enhancement: a memory of keyword embeddings the query attends over;
         # the same scores q . e_k / tau are the keyword-prediction logits.
         self.keyword_enhanced = model_cfg.keyword_enhancement and num_keywords > 0
@@ -244,6 +248,13 @@ class MakeModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.title_encoder(input_ids, attention_mask)
 
+    def gate_weights(self, stacked: torch.Tensor) -> torch.Tensor:
+        """MA's weights [B, 3] for branch vectors [B, 3, d]; needs a gate."""
+        logits = self.gate(stacked.flatten(1))
+        if not self.training:
+            logits = logits / self.gate_temperature
+        return logits.softmax(dim=-1)
+
     @property
     def product_branches(self) -> tuple[str, ...]:
         """The branches the product vector is made of: all three under MA, else one."""
@@ -300,7 +311,7 @@ class MakeModel(nn.Module):
         if self.gate is None:
             weights = stacked.new_full((len(stacked), 3), 1.0 / 3)
         else:
-            weights = self.gate(stacked.flatten(1)).softmax(dim=-1)
+            weights = self.gate_weights(stacked)
         out["product"] = F.normalize((weights.unsqueeze(-1) * stacked).sum(1), dim=-1)
         out["modality_weights"] = weights
         return out

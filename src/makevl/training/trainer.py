@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from makevl.config import RunConfig, load_config
+from makevl.data.catalog import Product
 from makevl.data.shop import QuerySet, load_shop
 from makevl.evaluation.metrics import exact_search, query_metrics
 from makevl.keywords import KeywordVocab, build_vocabulary
@@ -42,6 +42,7 @@ from makevl.models.checkpoint import (
     KEYWORDS,
     WEIGHTS,
     CheckpointError,
+    load_weights,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -52,6 +53,7 @@ from makevl.spelling import SPELLING, SpellingCorrector, build_spelling
 from makevl.training import distributed as dist_utils
 from makevl.training.augment import QueryAugmenter
 from makevl.training.cache import cache_image_features, cache_title_features, default_cache_root
+from makevl.training.calibration import calibrate_gate
 from makevl.training.checkpoint import load_trainer_state, save_training_checkpoint
 from makevl.training.data import (
     BadSample,
@@ -92,6 +94,10 @@ class TrainResult:
 # ------------------------------------------------------------------ small pieces
 
 
+def warn_val_image(product: Product, exc: Exception) -> None:
+    log.warning("validation: product %s (%s): %s", product.id, product.where, exc)
+
+
 def recall_at_k(model: MakeModel, query_set: QuerySet, k: int = 10) -> float:
     """Mean Recall@k over the query set, by exact inner-product search over its pool."""
     if not query_set.queries or not query_set.pool:
@@ -99,14 +105,7 @@ def recall_at_k(model: MakeModel, query_set: QuerySet, k: int = 10) -> float:
     qids = list(query_set.queries)
     encoder = MakeEncoder(model)
     queries = encoder.encode_queries([query_set.queries[q] for q in qids])
-    warned: set[str] = set()
-
-    def on_error(product, exc) -> None:
-        if product.id not in warned:
-            warned.add(product.id)
-            log.warning("validation: product %s (%s): %s", product.id, product.where, exc)
-
-    products, _, ids = encoder.encode_products(query_set.pool, on_error=on_error)
+    products, _, ids = encoder.encode_products(query_set.pool, on_error=warn_val_image)
     _, top = exact_search(queries, products, k)
     return float(np.mean([
         query_metrics([ids[j] for j in top[row]], query_set.qrels[qid], ks=(k,))[f"recall@{k}"]
@@ -310,7 +309,7 @@ class Trainer:
             self.model.spelling = self._spelling(state)
         self.objective = MakeObjective(self.model, cfg.loss, cfg.train.memory_bank_size)
         if state is not None:
-            load_model(self.model, str(self.resume_dir / WEIGHTS))
+            load_weights(self.model, self.resume_dir / WEIGHTS)
             bank = self.objective.memory_bank
             if state.get("memory_bank") is not None and bank is not None:
                 for name, buf in bank.named_buffers():
@@ -560,11 +559,20 @@ class Trainer:
         """Val Recall@10 on rank 0 (others wait); a new best is saved to ``best/``."""
         if self.info.is_main and self.val_set.queries:
             start = time.perf_counter()
-            recall = recall_at_k(self.model, self.val_set, k=10)
+            record: dict[str, Any] = {"step": self.step}
+            if self.cfg.train.calibrate_gate and self.model.gate is not None:
+                calibration = calibrate_gate(self.model, self.val_set, on_error=warn_val_image)
+                recall = calibration.recall
+                record["gate_temperature"] = calibration.temperature
+                log.info("step %d: MA gate temperature %g (val NDCG@10 %s)", self.step,
+                         calibration.temperature,
+                         {t: round(v, 4) for t, v in calibration.ndcg.items()})  # fmt: skip
+            else:
+                recall = recall_at_k(self.model, self.val_set, k=10)
             self.last_recall = recall
             if self.initial_recall is None:
                 self.initial_recall = recall
-            self._log_metrics({"step": self.step, "val_recall@10": recall})
+            self._log_metrics(record | {"val_recall@10": recall})
             log.info("step %d: val Recall@10 = %.4f (%.1fs)", self.step, recall,
                      time.perf_counter() - start)  # fmt: skip
             if self.step > 0 and (self.best_recall is None or recall > self.best_recall):
