@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -50,20 +51,24 @@ def test_the_chosen_temperature_is_what_eval_mode_ranks_with(trained):
 
 
 def test_an_overconfident_gate_on_a_useless_branch_is_softened(trained):
-    model, val, _ = trained
+    model, val = copy.deepcopy(trained[0]), trained[1]
     with torch.no_grad():  # the gate trusts the fused branch, now noise, almost alone
-        torch.nn.init.normal_(model.fused_proj.weight, std=1.0, generator=torch.Generator().manual_seed(0))
+        noise = torch.Generator().manual_seed(0)
+        torch.nn.init.normal_(model.fused_proj.weight, std=1.0, generator=noise)
         model.gate[-1].weight.zero_()
         model.gate[-1].bias.copy_(torch.tensor([0.0, 0.0, 12.0]))
     model.gate_temperature.fill_(1.0)
     as_trained = ndcg(model, val)
     result = calibrate_gate(model, val)
     assert result.temperature == max(GATE_TEMPERATURES)
+    # measured: 0.127 as trained, 0.771 at temperature 8
     assert ndcg(model, val) > as_trained + 0.1, (as_trained, result.ndcg)
 
 
 def test_calibration_off_keeps_temperature_1(demo40, tmp_path, tiny_config):
     train(tiny_config(demo40, tmp_path / "run", "train.max_steps=6", "train.calibrate_gate=false"))
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert "val_recall@10" in metrics and "gate_temperature" not in metrics  # never fit
     assert float(load_checkpoint(tmp_path / "run" / "last")[0].gate_temperature) == 1.0
 
 
