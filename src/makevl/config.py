@@ -76,6 +76,10 @@ class ModelConfig(_Section):
     # Also append RGB colour histograms of the photo (this many soft bins per channel;
     # models/backbones.py colour_histogram); 0: none.
     image_colour_levels: int = Field(0, ge=0)
+    # Layer-normalise each block of the pooled image vector (final map, each stage,
+    # the histograms) before the image branch's projection, so that no block
+    # outweighs another by its scale alone (models/make.py normalize_blocks).
+    image_block_norm: bool = False
     embed_dim: int = Field(256, gt=0)
     fusion_layers: int = Field(2, ge=1)
     fusion_heads: int = Field(4, ge=1)

@@ -39,9 +39,13 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-@pytest.mark.parametrize("pooled_stages,gate_temperature", [(0, 1.0), (2, 1.0), (0, 4.0)])
-def test_onnx_product_vectors_match_torch(tmp_path, products, pooled_stages, gate_temperature):
-    model = tiny_model(image_pooled_stages=pooled_stages).eval()
+@pytest.mark.parametrize(
+    "options,gate_temperature",
+    [({}, 1.0), ({"image_pooled_stages": 2}, 1.0), ({}, 4.0),
+     ({"image_pooled_stages": 2, "image_colour_levels": 2, "image_block_norm": True}, 1.0)],
+)  # fmt: skip
+def test_onnx_product_vectors_match_torch(tmp_path, products, options, gate_temperature):
+    model = tiny_model(**options).eval()
     model.gate_temperature.fill_(gate_temperature)  # MA's calibration goes into the export
     path = export_product_towers(model, tmp_path / "towers.onnx")
     errors = []

@@ -237,10 +237,14 @@ class ImageTower(nn.Module):
         self.pooled_stages = 0
         self.colour_levels = 0
 
-    def _update_pooled_features(self) -> None:
+    def pooled_blocks(self) -> list[int]:
+        """Widths of the pooled vector's parts, in order: final map, stages, histograms."""
         stages = self.stage_channels[len(self.stage_channels) - self.pooled_stages :]
-        colour = colour_histogram_size(self.colour_levels) if self.colour_levels else 0
-        self.pooled_features = self.num_features + sum(stages) + colour
+        colour = [colour_histogram_size(self.colour_levels)] if self.colour_levels else []
+        return [self.num_features, *stages, *colour]
+
+    def _update_pooled_features(self) -> None:
+        self.pooled_features = sum(self.pooled_blocks())
 
     def pool_stages(self, count: int) -> ImageTower:
         """Concatenate the averaged last ``count`` stages to the pooled vector (0: none)."""
