@@ -5,9 +5,10 @@ branch most: the one with trainable fusion layers over title and image tokens,
 which fits the training products best. On products it has not seen, a softer
 mix of the three branches ranks better (fashion-mini, sparse titles, four val
 checkpoints: NDCG@10 +0.005 to +0.013 at temperature 4 over 1; docs/RESULTS.md).
-So after training, as temperature scaling calibrates a classifier on held-out
-data (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017), the
-gate's logits are divided by the temperature that gives the best val NDCG@10.
+So at each validation, as temperature scaling calibrates a classifier on
+held-out data (Guo et al., "On Calibration of Modern Neural Networks", ICML
+2017), the gate's logits are divided by the temperature that gives the best val
+NDCG@10; the last validation's is saved with the weights.
 Training itself always uses the raw gate; the temperature applies in eval mode.
 The grid stops at 8, so the per-product weights still differ (equal weights are
 the ``no-ma-equal`` ablation, not a calibration result).
