@@ -187,6 +187,24 @@ def query_metrics(
 # Aggregation
 
 
+def mean_metrics(
+    query_vecs: np.ndarray,
+    product_vecs: np.ndarray,
+    product_ids: Sequence[str],
+    qrels: Sequence[Mapping[str, float]],
+    k: int,
+) -> dict[str, float]:
+    """Mean :func:`query_metrics` at cut-off ``k`` (and NDCG@10) over queries ranked by
+    :func:`exact_search`; ``qrels`` row-aligned with ``query_vecs``. For quick checks
+    such as validation during training; the evaluator adds intervals and categories."""
+    _, top = exact_search(query_vecs, product_vecs, k)
+    rows = [
+        query_metrics([product_ids[j] for j in top[row]], relevant, ks=(k,))
+        for row, relevant in enumerate(qrels)
+    ]
+    return {name: float(np.mean([r[name] for r in rows])) for name in rows[0]}
+
+
 def bootstrap_ci(
     values: np.ndarray, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -264,12 +264,17 @@ class MakeModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.title_encoder(input_ids, attention_mask)
 
-    def gate_weights(self, stacked: torch.Tensor) -> torch.Tensor:
-        """MA's weights [B, 3] for branch vectors [B, 3, d]; needs a gate."""
-        logits = self.gate(stacked.flatten(1))
-        if not self.training:
-            logits = logits / self.gate_temperature
-        return logits.softmax(dim=-1)
+    def mix_branches(self, stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Branch vectors [B, 3, d] -> the product vector [B, d] and MA's weights [B, 3]
+        (equal weights without a gate; the gate's temperature in eval mode only)."""
+        if self.gate is None:
+            weights = stacked.new_full((len(stacked), 3), 1.0 / 3)
+        else:
+            logits = self.gate(stacked.flatten(1))
+            if not self.training:
+                logits = logits / self.gate_temperature
+            weights = logits.softmax(dim=-1)
+        return F.normalize((weights.unsqueeze(-1) * stacked).sum(1), dim=-1), weights
 
     @property
     def product_branches(self) -> tuple[str, ...]:
@@ -327,10 +332,5 @@ class MakeModel(nn.Module):
             out["product"] = vector
             return out
         stacked = torch.stack([out[name] for name in BRANCHES], dim=1)  # [B, 3, d]
-        if self.gate is None:
-            weights = stacked.new_full((len(stacked), 3), 1.0 / 3)
-        else:
-            weights = self.gate_weights(stacked)
-        out["product"] = F.normalize((weights.unsqueeze(-1) * stacked).sum(1), dim=-1)
-        out["modality_weights"] = weights
+        out["product"], out["modality_weights"] = self.mix_branches(stacked)
         return out

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from makevl.data.shop import QuerySet
-from makevl.evaluation.metrics import NDCG_DEPTH, exact_search, query_metrics
+from makevl.evaluation.metrics import NDCG_DEPTH, mean_metrics
 from makevl.models.inference import MakeEncoder, OnError
 from makevl.models.make import BRANCHES, MakeModel
 
@@ -52,23 +51,24 @@ def calibrate_gate(
     encoder = MakeEncoder(model)
     qids = list(query_set.queries)
     queries = encoder.encode_queries([query_set.queries[q] for q in qids])
+    qrels = [query_set.qrels[qid] for qid in qids]
     arrays = encoder.encode_branches(query_set.pool, on_error=on_error)
     ids = [product.id for product in query_set.pool]
     stacked = torch.from_numpy(np.stack([arrays[b] for b in BRANCHES], axis=1))  # [N, 3, d]
-    with torch.no_grad():
-        logits = model.gate(stacked.to(model.device).flatten(1)).float().cpu()
-    ndcg: dict[float, float] = {}
-    recall: dict[float, float] = {}
-    for temperature in temperatures:
-        weights = (logits / temperature).softmax(dim=-1)
-        products = F.normalize((weights.unsqueeze(-1) * stacked).sum(1), dim=-1)
-        _, top = exact_search(queries, products.numpy(), NDCG_DEPTH)
-        per_query = [
-            query_metrics([ids[j] for j in top[row]], query_set.qrels[qid], ks=(NDCG_DEPTH,))
-            for row, qid in enumerate(qids)
-        ]
-        ndcg[temperature] = float(np.mean([m[f"ndcg@{NDCG_DEPTH}"] for m in per_query]))
-        recall[temperature] = float(np.mean([m[f"recall@{NDCG_DEPTH}"] for m in per_query]))
+    was_training = model.training
+    model.eval()
+    metrics: dict[float, dict[str, float]] = {}
+    try:
+        for temperature in temperatures:  # the model's own mix, as eval mode ranks with it
+            model.gate_temperature.fill_(temperature)
+            with torch.no_grad():
+                products, _ = model.mix_branches(stacked.to(model.device))
+            metrics[temperature] = mean_metrics(
+                queries, products.float().cpu().numpy(), ids, qrels, NDCG_DEPTH
+            )
+    finally:
+        model.train(was_training)
+    ndcg = {t: m[f"ndcg@{NDCG_DEPTH}"] for t, m in metrics.items()}
     best = max(temperatures, key=lambda t: (ndcg[t], -t))
     model.gate_temperature.fill_(best)
-    return GateCalibration(best, ndcg, recall[best])
+    return GateCalibration(best, ndcg, metrics[best][f"recall@{NDCG_DEPTH}"])

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from makevl.config import RunConfig, load_config
 from makevl.data.catalog import Product
 from makevl.data.shop import QuerySet, load_shop
-from makevl.evaluation.metrics import exact_search, query_metrics
+from makevl.evaluation.metrics import mean_metrics
 from makevl.keywords import KeywordVocab, build_vocabulary
 from makevl.models.checkpoint import (
     CONFIG,
@@ -106,11 +106,8 @@ def recall_at_k(model: MakeModel, query_set: QuerySet, k: int = 10) -> float:
     encoder = MakeEncoder(model)
     queries = encoder.encode_queries([query_set.queries[q] for q in qids])
     products, _, ids = encoder.encode_products(query_set.pool, on_error=warn_val_image)
-    _, top = exact_search(queries, products, k)
-    return float(np.mean([
-        query_metrics([ids[j] for j in top[row]], query_set.qrels[qid], ks=(k,))[f"recall@{k}"]
-        for row, qid in enumerate(qids)
-    ]))
+    qrels = [query_set.qrels[qid] for qid in qids]
+    return mean_metrics(queries, products, ids, qrels, k)[f"recall@{k}"]
 
 
 class LearningRateSchedule:
