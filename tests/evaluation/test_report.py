@@ -69,9 +69,11 @@ def test_the_default_report_leaves_out_variants_that_would_train_make_again():
     demo = report_systems(preset_config("demo", "demo-tiny", []), None)
     assert "make-no-ke" in demo and "make-no-ma-equal" in demo
     assert "make-with-ke" not in demo and "make-no-query-robustness" not in demo
-    # fashion-mini turns KE off and query robustness on
+    assert "make-no-block-norm" not in demo
+    # fashion-mini turns KE off, query robustness and image block norm on
     fashion = report_systems(preset_config("fashion-mini", None, []), None)
     assert "make-with-ke" in fashion and "make-no-query-robustness" in fashion
+    assert "make-no-block-norm" in fashion
     assert "make-no-ke" not in fashion
     assert report_systems(preset_config("demo", "demo-tiny", []), []) == demo  # none named
     with pytest.raises(ValueError, match="unknown report system 'checkpoint'"):

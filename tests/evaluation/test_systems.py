@@ -23,8 +23,8 @@ def test_a_spec_either_builds_or_is_trained():
 def test_report_variants_and_their_overrides():
     trained = [name for name, spec in SYSTEMS.items() if spec.trained]
     assert trained == ["make", "make-no-ma-equal", "make-no-ma-fused", "make-no-ke",
-                       "make-with-ke", "make-shared-encoder", "make-no-query-robustness", "clip-query-image",
-                       "text-bi-encoder"]
+                       "make-with-ke", "make-shared-encoder", "make-no-query-robustness",
+                       "make-no-block-norm", "clip-query-image", "text-bi-encoder"]
     assert "model.product_branch=image" in SYSTEMS["clip-query-image"].train_overrides
     assert not SYSTEMS["checkpoint"].in_report
 
@@ -36,6 +36,15 @@ def test_with_ke_undoes_no_ke():
     assert not without.model.keyword_enhancement
     restored = with_overrides(without, list(SYSTEMS["make-with-ke"].train_overrides))
     assert restored.model_dump() == default.model_dump()
+
+
+def test_no_block_norm_undoes_fashion_minis_default():
+    """fashion-mini normalises the image parts; the ablation trains the same config without."""
+    default = bundled_config("fashion-mini")
+    assert default.model.image_block_norm
+    without = with_overrides(default, list(SYSTEMS["make-no-block-norm"].train_overrides))
+    assert not without.model.image_block_norm
+    assert without.model.model_copy(update={"image_block_norm": True}) == default.model
 
 
 class FirstProducts:

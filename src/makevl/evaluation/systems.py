@@ -165,6 +165,10 @@ for _spec in [
                "no query augmentation and no distillation toward the pretrained query tower",
                train_overrides=("train.augment_typo=0", "train.augment_drop_word=0",
                                 "train.augment_reorder=0", "loss.query_distillation=0")),
+    SystemSpec("make-no-block-norm", "ablation",
+               "the image parts (CNN features, colour histograms) not normalised before the image "
+               "branch's projection",
+               train_overrides=("model.image_block_norm=false",)),
     SystemSpec("make-no-spelling", "ablation",
                "MAKE's trained model without query spelling correction (no retraining)",
                build=_no_spelling, needs_model=True),
