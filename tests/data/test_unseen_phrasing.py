@@ -11,10 +11,12 @@ from makevl.data.text import add_typo, words
 from makevl.data.unseen_phrasing import (
     HELD_OUT_FORMS,
     TEST_ONLY_ORDERS,
+    VAL_ONLY_FORMS,
     all_forms,
     held_out_word_sequences,
     known_words,
     seen_forms,
+    val_only_word_sequences,
 )
 
 
@@ -47,6 +49,28 @@ def test_no_held_out_form_in_any_training_or_validation_query(shops):
     with_held_out = [t for t in test if any(_contains(words(t), f) for f in held_out)]
     assert len(with_held_out) >= 0.3 * len(test)
     assert not test & trained_on
+
+
+def test_validation_has_unseen_forms_of_its_own(shops):
+    unseen, seen = shops
+    val_only = val_only_word_sequences()
+    assert not val_only & held_out_word_sequences()
+    for split in ("train", "test"):
+        leaks = [(t, f) for t in _texts(unseen, split) for f in val_only if _contains(words(t), f)]
+        assert leaks == [], split
+    for attribute, values in VAL_ONLY_FORMS.items():  # in no table the other splits draw from
+        for value, forms in values.items():
+            assert not set(forms) & set(surface_forms(attribute, value)), (attribute, value)
+    val = _texts(unseen, "val")
+    with_val_form = [t for t in val if any(_contains(words(t), f) for f in val_only)]
+    known = known_words(surface_lookup(unseen.products, forms=all_forms))
+    misspelt = [t for t in val if not set(words(t)) <= known]
+    assert len(with_val_form) >= 0.3 * len(val)
+    assert 0.3 * len(val) <= len(misspelt) <= 0.8 * len(val)
+    assert len(val - _texts(unseen, "train")) >= 0.9 * len(val)  # worded as training never did
+    # Same shapes and judgements as the seen condition's validation.
+    judged = Counter(frozenset(qrel) for qrel in unseen.query_set("val").qrels.values())
+    assert judged == Counter(frozenset(qrel) for qrel in seen.query_set("val").qrels.values())
 
 
 def test_test_queries_keep_their_relevant_products(shops):

@@ -82,8 +82,8 @@ class Preset:
     category_attribute: str | None  # groups the per-category tables; None: no table
     report_config: str | None  # bundled config `makevl report` trains with
     # The query log of the "unseen phrasing" condition, given the products and
-    # which of them are test products; None: the preset has no such condition.
-    unseen_phrasing: Callable[[list[Product], Callable[[str], bool], int], list[QueryRecord]] | None = None
+    # each one's split; None: the preset has no such condition.
+    unseen_phrasing: Callable[[list[Product], Callable[[str], str], int], list[QueryRecord]] | None = None
 
 
 def _load_demo(cfg: DataConfig) -> LoadedData:

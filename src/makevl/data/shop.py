@@ -103,6 +103,6 @@ def load_shop(cfg: DataConfig) -> Shop:
                 cfg.val_fraction, cfg.test_fraction, preset.category_attribute)
     if cfg.unseen_phrasing:
         shop.queries = preset.unseen_phrasing(
-            shop.products, lambda pid: shop.split_name(pid) == "test", cfg.split_seed
+            shop.products, shop.split_name, cfg.split_seed
         )
     return shop
