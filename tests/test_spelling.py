@@ -9,7 +9,7 @@ import pytest
 
 from makevl.data.catalog import Product, QueryRecord
 from makevl.data.text import add_typo
-from makevl.spelling import SpellingCorrector, build_spelling
+from makevl.spelling import SpellingCorrector, build_spelling, one_edit_away
 
 PRODUCTS = [
     Product("p1", "Roadster Men Black Cotton Tshirts", None, {"colour": "Black"}, ["casual"]),
@@ -69,6 +69,30 @@ def test_known_short_distant_and_real_words_are_left_alone(word):
     assert corrector.correct_word(word) == word
 
 
+def test_one_edit_away_is_every_single_letter_edit():
+    edits = one_edit_away("tee")
+    assert {"te", "ete", "tae", "teee", "atee"} <= edits  # dropped, swapped, changed, added
+    assert "tee" not in edits and not {"t", "et", "taa", "abtee"} & edits  # two edits or more
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("everryday", "everyday"),  # a word no product or query has
+        ("ladiees", "ladies"),
+        ("blakc", "black"),  # a shop word one edit away still comes first
+        ("tshrits", "tshirts"),
+        ("zzzzzz", "zzzzzz"),  # nothing close either way
+        ("gray", "gray"),  # a real word is still not a typo
+    ],
+)
+def test_english_fallback_corrects_typos_of_words_the_shop_lacks(corrector, typed, meant):
+    fallback = SpellingCorrector(corrector.counts, english_fallback=True)
+    assert fallback.correct_word(typed) == meant
+    if typed in {"everryday", "ladiees"}:
+        assert corrector.correct_word(typed) == typed  # off by default
+
+
 def test_only_the_misspelt_word_changes_in_a_query(corrector):
     assert corrector.correct("Blak T-shirt, size 42!") == "black T-shirt, size 42!"
     assert corrector.correct_all(["sports shoes", "runing sneakers"]) == [
@@ -93,7 +117,9 @@ def test_round_trip_through_its_json_file(corrector, tmp_path):
     loaded = SpellingCorrector.load(tmp_path / "spelling.json", known={"gray"})
     assert loaded.counts == corrector.counts and loaded.min_letters == corrector.min_letters
     assert loaded.correct("balck tshrits") == "black tshirts"
-    assert loaded.known == {"gray"}
+    assert loaded.known == {"gray"} and not loaded.english_fallback
+    with_fallback = SpellingCorrector.load(tmp_path / "spelling.json", english_fallback=True)
+    assert with_fallback.correct("everryday tshrits") == "everyday tshirts"
 
 
 @pytest.mark.parametrize(

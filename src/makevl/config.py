@@ -90,6 +90,9 @@ class ModelConfig(_Section):
     keyword_enhancement: bool = True
     # Correct a query's typos against the shop's words before encoding (makevl/spelling.py).
     spelling_correction: bool = False
+    # A typo with no shop word one edit away becomes the most frequent English word one
+    # edit away (makevl/spelling.py); only with spelling_correction.
+    spelling_english_fallback: bool = False
     freeze_text: bool = False
     freeze_image: bool = False
     init_temperature: float = Field(0.07, gt=0.0)

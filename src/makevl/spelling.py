@@ -16,6 +16,12 @@ not a typo even where the catalog lacks it: "tees" is one edit from "ties" and
 "gray" from "grey", but a shopper who types them means them, and the
 pretrained query tower may know what they mean.
 
+A typo of a word the shop does not have ("everryday", "ladiees") finds no
+catalog word one edit away. With ``english_fallback`` (the config's
+``model.spelling_english_fallback``) such a word becomes the most frequent
+English word one edit away instead, as SymSpell would with its English
+dictionary: the query tower knows "everyday" and "ladies", not their typos.
+
 The catalog's words are counted once, when training starts, and saved with
 every checkpoint as ``spelling.json``, so every place that encodes a query
 (eval, the index, ONNX runtimes, the server) corrects it the same way. The file
@@ -44,23 +50,48 @@ _TOKEN_RE = re.compile(r"[^\W_]+")  # the words of data.text.words, found in the
 
 
 @cache
-def english_words() -> frozenset[str]:
-    """The words of SymSpell's English frequency dictionary (installed with symspellpy)."""
+def english_counts() -> dict[str, int]:
+    """SymSpell's English frequency dictionary (installed with symspellpy): word -> count."""
     text = (files("symspellpy") / "frequency_dictionary_en_82_765.txt").read_text("utf-8")
-    return frozenset(line.split(" ", 1)[0] for line in text.splitlines() if line)
+    return {word: int(count) for word, count in (line.split(" ", 1) for line in text.splitlines() if line)}
+
+
+@cache
+def english_words() -> frozenset[str]:
+    """The words of SymSpell's English frequency dictionary."""
+    return frozenset(english_counts())
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def one_edit_away(word: str) -> set[str]:
+    """Every string one deletion, transposition, substitution or insertion of a letter from ``word``."""
+    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
+    return (
+        {head + tail[1:] for head, tail in splits if tail}
+        | {head + tail[1] + tail[0] + tail[2:] for head, tail in splits if len(tail) > 1}
+        | {head + c + tail[1:] for head, tail in splits if tail for c in _LETTERS}
+        | {head + c + tail for head, tail in splits for c in _LETTERS}
+    ) - {word}
 
 
 class SpellingCorrector:
     """Rewrites a query's unknown words to the catalog word one edit away."""
 
     def __init__(
-        self, counts: dict[str, int], min_letters: int = 4, known: Collection[str] = ()
+        self,
+        counts: dict[str, int],
+        min_letters: int = 4,
+        known: Collection[str] = (),
+        english_fallback: bool = False,
     ) -> None:
         if min_letters < 2:
             raise ValueError(f"spelling: min_letters must be >= 2, got {min_letters}")
         self.counts = dict(counts)
         self.min_letters = min_letters
         self.known = known  # never corrected, as English words are not: the tokenizer's words
+        self.english_fallback = english_fallback
         self._english = english_words()
         self._symspell = SymSpell(max_dictionary_edit_distance=MAX_EDITS)
         for word, count in self.counts.items():
@@ -81,7 +112,14 @@ class SpellingCorrector:
         ):
             return word
         found = self._symspell.lookup(lower, Verbosity.TOP, MAX_EDITS)
-        return found[0].term if found else word
+        if found:
+            return found[0].term
+        if self.english_fallback:
+            english = english_counts()
+            candidates = [c for c in one_edit_away(lower) if c in english]
+            if candidates:
+                return max(candidates, key=lambda c: (english[c], c))
+        return word
 
     def correct(self, text: str) -> str:
         """``text`` with each unknown word corrected; everything else as it was."""
@@ -98,8 +136,11 @@ class SpellingCorrector:
         Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=0), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path, known: Collection[str] = ()) -> SpellingCorrector:
-        """A saved corrector; ``known`` as for the constructor (it is not saved)."""
+    def load(
+        cls, path: str | Path, known: Collection[str] = (), english_fallback: bool = False
+    ) -> SpellingCorrector:
+        """A saved corrector; ``known`` and ``english_fallback`` as for the constructor (the
+        run's config says them, the file does not)."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
             if data.get("format") != FORMAT:
@@ -111,13 +152,16 @@ class SpellingCorrector:
             bad = [w for w, c in counts.items() if not isinstance(c, int) or c < 1 or not w]
             if bad:
                 raise ValueError(f"words need a positive integer count: {bad[:5]}")
-            return cls(counts, min_letters, known)
+            return cls(counts, min_letters, known, english_fallback)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{path}: not a spelling file: {exc}") from exc
 
 
 def build_spelling(
-    products: Iterable[Product], queries: Iterable[QueryRecord], known: Collection[str] = ()
+    products: Iterable[Product],
+    queries: Iterable[QueryRecord],
+    known: Collection[str] = (),
+    english_fallback: bool = False,
 ) -> SpellingCorrector:
     """Count the words of the products' titles, attribute values and keywords and of the queries."""
     counts: Counter[str] = Counter()
@@ -129,4 +173,4 @@ def build_spelling(
             counts.update(words(keyword))
     for record in queries:
         counts.update(words(record.query))
-    return SpellingCorrector(dict(counts), known=known)
+    return SpellingCorrector(dict(counts), known=known, english_fallback=english_fallback)

@@ -153,8 +153,12 @@ def test_the_spelling_corrector_travels_with_the_checkpoint(setup, small_catalog
     assert loaded.spelling.correct("lether handbga") == "leather handbag"
     # the query tower's own words are never "corrected": "gray" stays, one edit from "grey"
     assert "gray" in loaded.spelling.known and loaded.spelling.correct_word("gray") == "gray"
+    assert not loaded.spelling.english_fallback
     copied = ckpt.copy_checkpoint(directory, tmp_path / "copy")
     assert (copied / "spelling.json").read_bytes() == (directory / "spelling.json").read_bytes()
+    cfg.model.spelling_english_fallback = True  # the run's config says it, not the file
+    directory = save_checkpoint(tmp_path / "run2" / "best", model, cfg, vocab)
+    assert load_checkpoint(directory)[0].spelling.english_fallback
 
     (directory / "spelling.json").unlink()
     with pytest.raises(CheckpointError, match="spelling.json missing .*spelling_correction"):

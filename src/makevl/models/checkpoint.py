@@ -189,6 +189,7 @@ def load_spelling(directory: Path, cfg: RunConfig, model: MakeModel) -> Spelling
             f"{directory}: {SPELLING} missing (its config sets model.spelling_correction)"
         )
     try:
-        return SpellingCorrector.load(path, known=model.query_encoder.tokenizer.get_vocab())
+        return SpellingCorrector.load(path, model.query_encoder.tokenizer.get_vocab(),
+                                      cfg.model.spelling_english_fallback)
     except ValueError as exc:
         raise CheckpointError(str(exc)) from exc

@@ -426,16 +426,17 @@ class Trainer:
     def _spelling(self, state: dict[str, Any] | None) -> SpellingCorrector:
         """The query spelling corrector: the run's own on resume, else from the train data."""
         known = self.model.query_encoder.tokenizer.get_vocab()
+        fallback = self.cfg.model.spelling_english_fallback
         if state is not None and (self.resume_dir / SPELLING).is_file():
-            return SpellingCorrector.load(self.resume_dir / SPELLING, known)
+            return SpellingCorrector.load(self.resume_dir / SPELLING, known, fallback)
         if self.cfg.data.train_shards:
             if not self.shards.spelling_file.is_file():
                 raise TrainingError(
                     f"{self.shards.spelling_file} missing (shards written by an older makevl): "
                     "shard the data again, or set model.spelling_correction=false"
                 )
-            return SpellingCorrector.load(self.shards.spelling_file, known)
-        return build_spelling(self.products, self.train_queries, known)
+            return SpellingCorrector.load(self.shards.spelling_file, known, fallback)
+        return build_spelling(self.products, self.train_queries, known, fallback)
 
     def _build_dataset(self) -> PairDataset | StreamingPairDataset:
         cfg, model, info = self.cfg, self.model, self.info
