@@ -80,6 +80,7 @@ def test_one_edit_away_is_every_single_letter_edit():
     [
         ("everryday", "everyday"),  # a word no product or query has
         ("ladiees", "ladies"),
+        ("hwen", "when"),  # of several English words ("hen", "hewn"), the most frequent
         ("blakc", "black"),  # a shop word one edit away still comes first
         ("tshrits", "tshirts"),
         ("zzzzzz", "zzzzzz"),  # nothing close either way
