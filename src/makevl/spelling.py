@@ -49,31 +49,22 @@ MAX_EDITS = 1
 _TOKEN_RE = re.compile(r"[^\W_]+")  # the words of data.text.words, found in the original text
 
 
-@cache
-def english_counts() -> dict[str, int]:
-    """SymSpell's English frequency dictionary (installed with symspellpy): word -> count."""
-    text = (files("symspellpy") / "frequency_dictionary_en_82_765.txt").read_text("utf-8")
-    return {word: int(count) for word, count in (line.split(" ", 1) for line in text.splitlines() if line)}
+_ENGLISH = "frequency_dictionary_en_82_765.txt"  # installed with symspellpy: "word count" lines
 
 
 @cache
 def english_words() -> frozenset[str]:
     """The words of SymSpell's English frequency dictionary."""
-    return frozenset(english_counts())
+    text = (files("symspellpy") / _ENGLISH).read_text("utf-8")
+    return frozenset(line.split(" ", 1)[0] for line in text.splitlines() if line)
 
 
-_LETTERS = "abcdefghijklmnopqrstuvwxyz"
-
-
-def one_edit_away(word: str) -> set[str]:
-    """Every string one deletion, transposition, substitution or insertion of a letter from ``word``."""
-    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
-    return (
-        {head + tail[1:] for head, tail in splits if tail}
-        | {head + tail[1] + tail[0] + tail[2:] for head, tail in splits if len(tail) > 1}
-        | {head + c + tail[1:] for head, tail in splits if tail for c in _LETTERS}
-        | {head + c + tail for head, tail in splits for c in _LETTERS}
-    ) - {word}
+@cache
+def english_speller() -> SymSpell:
+    """SymSpell over that dictionary: the English fallback's lookup (built once, about a second)."""
+    speller = SymSpell(max_dictionary_edit_distance=MAX_EDITS)
+    speller.load_dictionary(str(files("symspellpy") / _ENGLISH), term_index=0, count_index=1)
+    return speller
 
 
 class SpellingCorrector:
@@ -112,14 +103,9 @@ class SpellingCorrector:
         ):
             return word
         found = self._symspell.lookup(lower, Verbosity.TOP, MAX_EDITS)
-        if found:
-            return found[0].term
-        if self.english_fallback:
-            english = english_counts()
-            candidates = [c for c in one_edit_away(lower) if c in english]
-            if candidates:
-                return max(candidates, key=lambda c: (english[c], c))
-        return word
+        if not found and self.english_fallback:
+            found = english_speller().lookup(lower, Verbosity.TOP, MAX_EDITS)
+        return found[0].term if found else word
 
     def correct(self, text: str) -> str:
         """``text`` with each unknown word corrected; everything else as it was."""
