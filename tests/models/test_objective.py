@@ -12,7 +12,8 @@ from makevl.models.objective import (
     build_loss_terms,
     register_loss_term,
 )
-from models.tiny import make_batch, product_inputs, tiny_model
+from makevl.models.inference import MakeEncoder
+from models.tiny import QUERIES, make_batch, product_inputs, tiny_model
 
 TERMS = tuple(LossConfig.model_fields)  # every weight in the config names a term
 ONLY_QUERY_PRODUCT = LossConfig(
@@ -201,3 +202,31 @@ def test_a_single_branch_model_trains_without_the_towers_it_never_reads(branch, 
     inputs = LossInputs(model, batch, branches=())
     with pytest.raises(KeyError, match=rf"reads_branches=\('{other}',\)"):
         getattr(inputs, other)
+
+
+def test_keyword_pseudo_queries_teach_words_that_no_query_uses():
+    """KE's pseudo-queries (fashion-mini's default since session 10) should make a
+    catalog word the query log never uses find its product, as "tee" does."""
+    catalog_words = ["running", "cotton", "analog", "baseball", "ankle", "leather"]
+    found = {}
+    for weight in (0.0, 1.0):
+        model = tiny_model(seed=3, keyword_enhancement=False).train()
+        objective = MakeObjective(model, ONLY_QUERY_PRODUCT.model_copy(
+            update={"keyword_query": weight}))
+        batch = make_batch(model, seed=3)
+        pseudo = MakeEncoder(model).tokenize_queries(catalog_words)  # one per product
+        batch["pseudo_query_input_ids"] = pseudo["input_ids"]
+        batch["pseudo_query_attention_mask"] = pseudo["attention_mask"]
+        optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+        for _ in range(25):
+            out = objective(batch)
+            optimizer.zero_grad()
+            out["loss"].backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            queries = model.encode_query(pseudo["input_ids"], pseudo["attention_mask"])
+            products = model.encode_product(**product_inputs(batch))["product"]
+        found[weight] = (queries @ products.T).argmax(dim=1).eq(torch.arange(6)).sum().item()
+    assert not set(catalog_words) & {w for q in QUERIES for w in q.split()}
+    assert found[1.0] >= 5 and found[1.0] > found[0.0], found
