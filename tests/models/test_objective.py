@@ -149,6 +149,16 @@ def _query_geometry_gap(model, teacher) -> float:
         return query_distillation(inputs).item()
 
 
+def _fit(model, objective: MakeObjective, batch: dict, steps: int, lr: float) -> None:
+    """``steps`` Adam steps of ``objective`` on one batch."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        out = objective(batch)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+
+
 def test_distillation_keeps_the_query_geometry_of_the_pretrained_tower():
     runs = {}
     for weight in (0.0, 1.0):
@@ -156,13 +166,7 @@ def test_distillation_keeps_the_query_geometry_of_the_pretrained_tower():
         objective = MakeObjective(model, ONLY_QUERY_PRODUCT.model_copy(
             update={"query_distillation": weight}))
         assert ("query_distillation" in objective.term_state) == bool(weight)
-        batch = make_batch(model, seed=2)
-        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-        for _ in range(12):
-            out = objective(batch)
-            optimizer.zero_grad()
-            out["loss"].backward()
-            optimizer.step()
+        _fit(model, objective, make_batch(model, seed=2), steps=12, lr=3e-3)
         runs[weight] = (model.eval(), objective)
     teacher = runs[1.0][1].term_state["query_distillation"]
     assert not any(p.requires_grad for p in teacher.parameters())
@@ -217,12 +221,7 @@ def test_keyword_pseudo_queries_teach_words_that_no_query_uses():
         pseudo = MakeEncoder(model).tokenize_queries(catalog_words)  # one per product
         batch["pseudo_query_input_ids"] = pseudo["input_ids"]
         batch["pseudo_query_attention_mask"] = pseudo["attention_mask"]
-        optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-        for _ in range(25):
-            out = objective(batch)
-            optimizer.zero_grad()
-            out["loss"].backward()
-            optimizer.step()
+        _fit(model, objective, batch, steps=25, lr=2e-3)
         model.eval()
         with torch.no_grad():
             queries = model.encode_query(pseudo["input_ids"], pseudo["attention_mask"])
