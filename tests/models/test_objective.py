@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from makevl.config import LossConfig
+from makevl.models.inference import MakeEncoder
 from makevl.models.losses import ProductMemoryBank
 from makevl.models.objective import (
     LOSS_TERMS,
@@ -12,7 +13,6 @@ from makevl.models.objective import (
     build_loss_terms,
     register_loss_term,
 )
-from makevl.models.inference import MakeEncoder
 from models.tiny import QUERIES, make_batch, product_inputs, tiny_model
 
 TERMS = tuple(LossConfig.model_fields)  # every weight in the config names a term
