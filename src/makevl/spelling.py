@@ -47,8 +47,6 @@ SPELLING = "spelling.json"
 FORMAT = "makevl-spelling/1"
 MAX_EDITS = 1
 _TOKEN_RE = re.compile(r"[^\W_]+")  # the words of data.text.words, found in the original text
-
-
 _ENGLISH = "frequency_dictionary_en_82_765.txt"  # installed with symspellpy: "word count" lines
 
 
