@@ -137,6 +137,9 @@ class TrainConfig(_Section):
     augment_typo: float = Field(0.0, ge=0.0, le=1.0)
     augment_drop_word: float = Field(0.0, ge=0.0, le=1.0)
     augment_reorder: float = Field(0.0, ge=0.0, le=1.0)
+    # Chance of one typo in a KE keyword pseudo-query: catalog words typed the way shoppers
+    # do (they are 1-3 keywords in random order already, so nothing to drop or reorder).
+    augment_pseudo_typo: float = Field(0.0, ge=0.0, le=1.0)
     eval_every: int = Field(0, ge=0)  # steps between validation runs; 0: at epoch end
     # At each validation, fit the temperature of MA's softmax on the val split
     # (training/calibration.py); it applies in eval mode only. False: keep 1.

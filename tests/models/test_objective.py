@@ -1,9 +1,13 @@
 """The objective: one registered term per loss, weighted by the loss config."""
 
+import random
+from collections.abc import Callable
+
 import pytest
 import torch
 
 from makevl.config import LossConfig
+from makevl.data.text import add_typo
 from makevl.models.inference import MakeEncoder
 from makevl.models.losses import ProductMemoryBank
 from makevl.models.objective import (
@@ -13,6 +17,7 @@ from makevl.models.objective import (
     build_loss_terms,
     register_loss_term,
 )
+from makevl.training.augment import QueryAugmenter
 from models.tiny import QUERIES, make_batch, product_inputs, tiny_model
 
 TERMS = tuple(LossConfig.model_fields)  # every weight in the config names a term
@@ -149,10 +154,14 @@ def _query_geometry_gap(model, teacher) -> float:
         return query_distillation(inputs).item()
 
 
-def _fit(model, objective: MakeObjective, batch: dict, steps: int, lr: float) -> None:
-    """``steps`` Adam steps of ``objective`` on one batch."""
+def _fit(model, objective: MakeObjective, batch: dict, steps: int, lr: float,
+         pseudo_queries: Callable[[int], list[str]] | None = None) -> None:
+    """``steps`` Adam steps of ``objective`` on one batch, its pseudo-queries re-drawn
+    each step by ``pseudo_queries(step)`` when given."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(steps):
+    for step in range(steps):
+        if pseudo_queries is not None:
+            _set_pseudo_queries(model, batch, pseudo_queries(step))
         out = objective(batch)
         optimizer.zero_grad()
         out["loss"].backward()
@@ -208,6 +217,13 @@ def test_a_single_branch_model_trains_without_the_towers_it_never_reads(branch, 
         getattr(inputs, other)
 
 
+def _set_pseudo_queries(model, batch: dict, texts: list[str]) -> dict[str, torch.Tensor]:
+    pseudo = MakeEncoder(model).tokenize_queries(texts)
+    batch["pseudo_query_input_ids"] = pseudo["input_ids"]
+    batch["pseudo_query_attention_mask"] = pseudo["attention_mask"]
+    return pseudo
+
+
 def test_keyword_pseudo_queries_teach_words_that_no_query_uses():
     """KE's pseudo-queries (fashion-mini's default since session 10) should make a
     catalog word the query log never uses find its product, as "tee" does."""
@@ -218,9 +234,7 @@ def test_keyword_pseudo_queries_teach_words_that_no_query_uses():
         objective = MakeObjective(model, ONLY_QUERY_PRODUCT.model_copy(
             update={"keyword_query": weight}))
         batch = make_batch(model, seed=3)
-        pseudo = MakeEncoder(model).tokenize_queries(catalog_words)  # one per product
-        batch["pseudo_query_input_ids"] = pseudo["input_ids"]
-        batch["pseudo_query_attention_mask"] = pseudo["attention_mask"]
+        pseudo = _set_pseudo_queries(model, batch, catalog_words)  # one per product
         _fit(model, objective, batch, steps=25, lr=2e-3)
         model.eval()
         with torch.no_grad():
@@ -229,3 +243,37 @@ def test_keyword_pseudo_queries_teach_words_that_no_query_uses():
         found[weight] = (queries @ products.T).argmax(dim=1).eq(torch.arange(6)).sum().item()
     assert not set(catalog_words) & {w for q in QUERIES for w in q.split()}
     assert found[1.0] >= 5 and found[1.0] > found[0.0], found
+
+
+def _typos(word: str) -> list[str]:
+    """Every one-edit typo ``add_typo`` can make of ``word``, sorted."""
+    return sorted({add_typo(word, random.Random(seed)) for seed in range(300)} - {word})
+
+
+def test_misspelt_pseudo_queries_teach_misspellings_never_seen_in_training():
+    """train.augment_pseudo_typo: pseudo-queries typed with a typo, re-drawn each
+    step, should make other typos of those catalog words find their product too."""
+    catalog_words = ["running", "cotton", "analog", "baseball", "ankle", "leather"]
+    held_out = [(row, typo) for row, word in enumerate(catalog_words) for typo in _typos(word)[::3]]
+    never_trained = {typo for _, typo in held_out}
+    augmenter = QueryAugmenter(typo=0.5)
+
+    def misspelt(step: int) -> list[str]:
+        texts = [augmenter(w, random.Random(f"{step}:{w}")) for w in catalog_words]
+        return [w if t in never_trained else t for w, t in zip(catalog_words, texts)]
+
+    found = {}
+    for name, draw in (("clean", lambda step: catalog_words), ("misspelt", misspelt)):
+        model = tiny_model(seed=3, keyword_enhancement=False).train()
+        objective = MakeObjective(model, ONLY_QUERY_PRODUCT.model_copy(
+            update={"keyword_query": 1.0}))
+        batch = make_batch(model, seed=3)
+        _fit(model, objective, batch, steps=40, lr=2e-3, pseudo_queries=draw)
+        model.eval()
+        with torch.no_grad():
+            typed = MakeEncoder(model).tokenize_queries([typo for _, typo in held_out])
+            queries = model.encode_query(typed["input_ids"], typed["attention_mask"])
+            products = model.encode_product(**product_inputs(batch))["product"]
+        rows = torch.tensor([row for row, _ in held_out])
+        found[name] = (queries @ products.T).argmax(dim=1).eq(rows).sum().item()
+    assert found["misspelt"] > 0.7 * len(held_out) and found["misspelt"] > found["clean"], found

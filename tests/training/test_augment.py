@@ -40,6 +40,9 @@ def test_same_seed_same_variant_and_rates_are_respected():
 def test_config_builds_it_only_when_a_rate_is_set():
     assert QueryAugmenter.from_config(TrainConfig()) is None
     assert QueryAugmenter.from_config(TrainConfig(augment_typo=0.3)) == QueryAugmenter(typo=0.3)
+    assert QueryAugmenter.for_pseudo_queries(TrainConfig(augment_typo=0.3)) is None
+    pseudo = QueryAugmenter.for_pseudo_queries(TrainConfig(augment_pseudo_typo=0.4))
+    assert pseudo == QueryAugmenter(typo=0.4)
 
 
 def test_dataset_augments_the_query_but_not_the_pseudo_query():
@@ -59,3 +62,23 @@ def test_dataset_augments_the_query_but_not_the_pseudo_query():
     augmented.set_epoch(1)  # a new epoch draws new variants
     assert [augmented[i]["query"] for i in range(4)] != [
         dataset(QueryAugmenter(typo=1.0, reorder=1.0))[i]["query"] for i in range(4)]
+
+
+def test_pseudo_queries_get_a_typo_when_asked_and_the_query_stays_as_it_was():
+    products = [Product(str(i), f"title {i}", None) for i in range(8)]
+    pairs = [(QUERY, i) for i in range(8)]
+    keywords = [["black", "tshirts", "casual"]] * 8
+    augmenter = QueryAugmenter(typo=1.0)
+
+    def dataset(augment_pseudo):
+        return PairDataset(pairs, products, [[0]] * 8, keywords, lambda image: image, seed=3,
+                           image_features=lambda row: {}, augment_query=augmenter,
+                           augment_pseudo_query=augment_pseudo)
+
+    plain, augmented = dataset(None), dataset(augmenter)
+    for i in range(8):
+        assert augmented[i]["query"] == plain[i]["query"]
+        words, typed = plain[i]["pseudo_query"].split(), augmented[i]["pseudo_query"].split()
+        changed = [(a, b) for a, b in zip(words, typed) if a != b]
+        assert len(words) == len(typed) and len(changed) == 1  # one typo, as for queries
+        assert augmented[i]["pseudo_query"] == dataset(augmenter)[i]["pseudo_query"]

@@ -22,7 +22,10 @@ from makevl.config import bundled_config
 from makevl.models.checkpoint import load_checkpoint
 from makevl.models.make import MakeModel
 from makevl.training import distributed as dist_utils
+from makevl.training import trainer as trainer_module
+from makevl.training.augment import QueryAugmenter
 from makevl.training.checkpoint import load_trainer_state
+from makevl.training.data import PairDataset
 from makevl.training.trainer import (
     LearningRateSchedule,
     TrainingError,
@@ -372,3 +375,21 @@ def test_cli_trains_from_a_bundled_config(demo40, tmp_path, capsys):
 def test_bundled_configs_load(name):
     cfg = bundled_config(name)
     assert cfg.train.out_dir == f"runs/{name}"
+
+
+def test_pseudo_queries_are_misspelt_only_when_the_config_asks(
+    demo40, tmp_path, tiny_config, monkeypatch
+):
+    built = []
+
+    def pair_dataset(*args, **kwargs):
+        built.append(PairDataset(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(trainer_module, "PairDataset", pair_dataset)
+    for rate in (0.0, 0.3):
+        train(tiny_config(demo40, tmp_path / str(rate), "train.max_steps=1",
+                          "train.augment_reorder=0.5", f"train.augment_pseudo_typo={rate}"))
+    assert built[0].augment_query == built[1].augment_query == QueryAugmenter(reorder=0.5)
+    assert built[0].augment_pseudo_query is None
+    assert built[1].augment_pseudo_query == QueryAugmenter(typo=0.3)

@@ -162,9 +162,11 @@ for _spec in [
     SystemSpec("make-shared-encoder", "ablation", "one text encoder shared by queries and titles",
                train_overrides=("model.shared_query_title_encoder=true",)),
     SystemSpec("make-no-query-robustness", "ablation",
-               "no query augmentation and no distillation toward the pretrained query tower",
+               "no query augmentation (of queries or pseudo-queries) and no distillation toward "
+               "the pretrained query tower",
                train_overrides=("train.augment_typo=0", "train.augment_drop_word=0",
-                                "train.augment_reorder=0", "loss.query_distillation=0")),
+                                "train.augment_reorder=0", "train.augment_pseudo_typo=0",
+                                "loss.query_distillation=0")),
     SystemSpec("make-no-block-norm", "ablation",
                "the image parts (CNN features, colour histograms) not normalised before the image "
                "branch's projection",

@@ -2,10 +2,11 @@
 
 Templated training queries are clean; real ones drop words, shuffle them and
 misspell them. Each training query may get, independently, one typo, one word
-dropped, and its words reordered (``train.augment_*`` rates, all 0 by default:
-not yet measured to help). Draws come from the dataset's per-sample generator,
-so the same seed, epoch and sample give the same augmented query on every run,
-rank and resume.
+dropped, and its words reordered (``train.augment_*`` rates, all 0 by default;
+fashion-mini sets them); ``train.augment_pseudo_typo`` misspells KE's keyword
+pseudo-queries the same way. Draws come from the dataset's per-sample
+generator, so the same seed, epoch and sample give the same augmented query on
+every run, rank and resume.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ class QueryAugmenter:
         """The configured augmenter, or None when every rate is 0."""
         augmenter = cls(train.augment_typo, train.augment_drop_word, train.augment_reorder)
         return augmenter if augmenter != cls() else None
+
+    @classmethod
+    def for_pseudo_queries(cls, train: TrainConfig) -> QueryAugmenter | None:
+        """Typos only: a pseudo-query is 1-3 keywords in random order already."""
+        return cls(typo=train.augment_pseudo_typo) if train.augment_pseudo_typo else None
 
     def __call__(self, query: str, rng: random.Random) -> str:
         tokens = query.split()

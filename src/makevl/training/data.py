@@ -88,6 +88,7 @@ class PairDataset(Dataset):
         title_features: Callable[[int], dict[str, torch.Tensor]] | None = None,
         known_bad: dict[int, BadSample] | None = None,
         augment_query: Callable[[str, random.Random], str] | None = None,
+        augment_pseudo_query: Callable[[str, random.Random], str] | None = None,
     ) -> None:
         self.pairs = pairs
         self.products = products
@@ -100,6 +101,7 @@ class PairDataset(Dataset):
         self.title_features = title_features
         self.known_bad = known_bad or {}
         self.augment_query = augment_query
+        self.augment_pseudo_query = augment_pseudo_query
 
     def set_epoch(self, epoch: int) -> None:
         """Pseudo-queries are re-drawn each epoch (workers get a fresh copy per epoch)."""
@@ -119,7 +121,7 @@ class PairDataset(Dataset):
             self.image_transform,
             self.image_features(row) if self.image_features is not None else None,
             self.title_features(row) if self.title_features is not None else None,
-            self.augment_query,
+            self.augment_query, self.augment_pseudo_query,
         )  # fmt: skip
 
 
@@ -134,12 +136,15 @@ def make_sample(
     image_features: dict[str, torch.Tensor] | None = None,
     title_features: dict[str, torch.Tensor] | None = None,
     augment_query: Callable[[str, random.Random], str] | None = None,
+    augment_pseudo_query: Callable[[str, random.Random], str] | None = None,
 ) -> dict[str, Any] | BadSample:
     """One training sample; the image is opened only when no cached features are given.
 
     ``product_index`` identifies the product within the run (equal ids are not
     each other's negatives). ``augment_query`` rewrites the query after the
-    pseudo-query is drawn, so the pseudo-query is the same with or without it.
+    pseudo-query is drawn, so the pseudo-query is the same with or without it;
+    ``augment_pseudo_query`` then rewrites the pseudo-query, so the query is the
+    same with or without that.
     """
     if not product.title.strip():
         return bad_sample(product, "empty title")
@@ -147,6 +152,8 @@ def make_sample(
     pseudo_query = sample_pseudo_query(keywords, rng) if keywords else query
     if augment_query is not None:
         query = augment_query(query, rng)
+    if augment_pseudo_query is not None:
+        pseudo_query = augment_pseudo_query(pseudo_query, rng)
     sample: dict[str, Any] = {
         "query": query,
         "title": product.title,

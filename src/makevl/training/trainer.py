@@ -444,7 +444,7 @@ class Trainer:
                           cfg.model.image_pooled_stages, cfg.model.image_colour_levels)
         title_settings = ("title", cfg.model.text_backbone, cfg.data.max_title_tokens)
         if cfg.data.train_shards:
-            if QueryAugmenter.from_config(cfg.train) is not None:
+            if QueryAugmenter.from_config(cfg.train) or QueryAugmenter.for_pseudo_queries(cfg.train):
                 raise TrainingError("train.augment_* is not supported with data.train_shards yet")
             return self._build_stream(image_settings, title_settings)
         product_ids = [p.id for p in self.products]
@@ -474,6 +474,7 @@ class Trainer:
             title_features=title_features,
             known_bad=known_bad,
             augment_query=QueryAugmenter.from_config(cfg.train),
+            augment_pseudo_query=QueryAugmenter.for_pseudo_queries(cfg.train),
         )
 
     def _build_stream(self, image_settings: tuple, title_settings: tuple) -> StreamingPairDataset:
