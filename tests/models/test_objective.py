@@ -217,11 +217,19 @@ def test_a_single_branch_model_trains_without_the_towers_it_never_reads(branch, 
         getattr(inputs, other)
 
 
-def _set_pseudo_queries(model, batch: dict, texts: list[str]) -> dict[str, torch.Tensor]:
+def _set_pseudo_queries(model, batch: dict, texts: list[str]) -> None:
     pseudo = MakeEncoder(model).tokenize_queries(texts)
     batch["pseudo_query_input_ids"] = pseudo["input_ids"]
     batch["pseudo_query_attention_mask"] = pseudo["attention_mask"]
-    return pseudo
+
+
+def _found(model, batch: dict, queries: list[str], rows: list[int]) -> int:
+    """How many of ``queries`` rank their product (``rows``, in ``batch``) first."""
+    with torch.no_grad():
+        typed = MakeEncoder(model).tokenize_queries(queries)
+        query = model.encode_query(typed["input_ids"], typed["attention_mask"])
+        products = model.encode_product(**product_inputs(batch))["product"]
+    return (query @ products.T).argmax(dim=1).eq(torch.tensor(rows)).sum().item()
 
 
 def test_keyword_pseudo_queries_teach_words_that_no_query_uses():
@@ -234,13 +242,9 @@ def test_keyword_pseudo_queries_teach_words_that_no_query_uses():
         objective = MakeObjective(model, ONLY_QUERY_PRODUCT.model_copy(
             update={"keyword_query": weight}))
         batch = make_batch(model, seed=3)
-        pseudo = _set_pseudo_queries(model, batch, catalog_words)  # one per product
+        _set_pseudo_queries(model, batch, catalog_words)  # one per product
         _fit(model, objective, batch, steps=25, lr=2e-3)
-        model.eval()
-        with torch.no_grad():
-            queries = model.encode_query(pseudo["input_ids"], pseudo["attention_mask"])
-            products = model.encode_product(**product_inputs(batch))["product"]
-        found[weight] = (queries @ products.T).argmax(dim=1).eq(torch.arange(6)).sum().item()
+        found[weight] = _found(model.eval(), batch, catalog_words, list(range(6)))
     assert not set(catalog_words) & {w for q in QUERIES for w in q.split()}
     assert found[1.0] >= 5 and found[1.0] > found[0.0], found
 
@@ -269,11 +273,6 @@ def test_misspelt_pseudo_queries_teach_misspellings_never_seen_in_training():
             update={"keyword_query": 1.0}))
         batch = make_batch(model, seed=3)
         _fit(model, objective, batch, steps=40, lr=2e-3, pseudo_queries=draw)
-        model.eval()
-        with torch.no_grad():
-            typed = MakeEncoder(model).tokenize_queries([typo for _, typo in held_out])
-            queries = model.encode_query(typed["input_ids"], typed["attention_mask"])
-            products = model.encode_product(**product_inputs(batch))["product"]
-        rows = torch.tensor([row for row, _ in held_out])
-        found[name] = (queries @ products.T).argmax(dim=1).eq(rows).sum().item()
+        found[name] = _found(model.eval(), batch, [typo for _, typo in held_out],
+                             [row for row, _ in held_out])
     assert found["misspelt"] > 0.7 * len(held_out) and found["misspelt"] > found["clean"], found
