@@ -15,7 +15,7 @@ import time
 
 from makevl.data.shop import load_shop
 from makevl.models.checkpoint import load_checkpoint
-from makevl.spelling import english_words
+from makevl.spelling import english_counts
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    english_words()
+    english_counts()
     loaded = time.perf_counter()
     model, cfg, _ = load_checkpoint(args.checkpoint)
     if model.spelling is None:
@@ -41,7 +41,7 @@ def main() -> None:
         corrected = [corrector.correct(query) for query in queries]
         per_query.append((time.perf_counter() - start) / len(queries) * 1e6)
     changed = sum(a != b for a, b in zip(queries, corrected))
-    print(f"English dictionary: {len(english_words()):,} words, loaded once in "
+    print(f"English dictionary: {len(english_counts()):,} words, loaded once in "
           f"{(loaded - started) * 1000:.0f} ms")
     print(f"corrector: {len(corrector):,} shop words")
     print(f"{len(queries)} test queries, {changed} changed; "

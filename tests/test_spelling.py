@@ -39,6 +39,7 @@ def test_words_come_from_titles_attributes_keywords_and_queries(corrector):
         ("bleck", "black"),  # one changed
         ("tshrits", "tshirts"),
         ("Blak", "black"),  # case does not matter
+        ("nvy", "navy"),  # three letters are enough
     ],
 )
 def test_a_word_one_edit_from_a_shop_word_becomes_that_word(corrector, typed, meant):
@@ -55,7 +56,8 @@ def test_the_more_frequent_of_two_equally_close_words_wins():
     "word",
     [
         "black",  # a shop word
-        "blk",  # too short to guess
+        "bk",  # too short to guess
+        "blk",  # two edits away
         "bllakk",  # two edits away
         "1080p",  # not only letters
         "gray",  # one edit from "grey", but an English word
@@ -65,8 +67,37 @@ def test_the_more_frequent_of_two_equally_close_words_wins():
     ],
 )
 def test_known_short_distant_and_real_words_are_left_alone(word):
-    corrector = SpellingCorrector({"black": 3, "grey": 2, "ties": 2, "kurta": 1}, known={"kurtaa"})
+    corrector = SpellingCorrector({"black": 3, "grey": 2, "ties": 2, "kurta": 1, "bk": 1},
+                                  known={"kurtaa"})
     assert corrector.correct_word(word) == word
+
+
+# A shop of 100 words. English shares: "wite" 1.6e-7, "tees" 6.9e-6, "hat" 4.5e-5.
+SHOP = {"white": 40, "ties": 3, "cat": 1, "kurta": 6, "black": 50}
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("wite", "white"),  # shop share 0.4: 2.5 million times its English share
+        ("tees", "ties"),  # 0.03: 4,400 times
+        ("kurtaa", "kurta"),  # a tokenizer word the dictionary lacks counts once
+        ("hat", "hat"),  # "cat" 0.01: only 220 times "hat"'s share of English
+        ("gray", "gray"),  # nothing in this shop one edit away
+    ],
+)
+def test_a_real_word_becomes_the_shop_word_the_shop_makes_far_likelier(typed, meant):
+    corrector = SpellingCorrector(SHOP, known={"kurtaa"}, real_word_ratio=1000)
+    assert corrector.correct_word(typed) == meant
+    if typed != meant:
+        assert SpellingCorrector(SHOP, known={"kurtaa"}).correct_word(typed) == typed  # ratio 0
+        assert SpellingCorrector(SHOP, known={"kurtaa"}, real_word_ratio=1e11).correct_word(
+            typed) == typed  # a ratio the shop does not reach
+
+
+def test_a_negative_real_word_ratio_is_refused():
+    with pytest.raises(ValueError, match="real_word_ratio"):
+        SpellingCorrector(SHOP, real_word_ratio=-1)
 
 
 @pytest.mark.parametrize(
@@ -97,7 +128,7 @@ def test_only_the_misspelt_word_changes_in_a_query(corrector):
 
 def test_the_typos_training_augments_with_are_undone(corrector):
     rng = random.Random(0)
-    # words of 5+ letters: a typo leaves at least min_letters (4) to correct
+    # words of 5+ letters: a typo leaves at least min_letters (3) to correct
     queries = ["black tshirts", "cotton sneakers", "black leather watches", "running sneakers"]
     fixed = 0
     for query in queries * 5:
@@ -113,8 +144,12 @@ def test_round_trip_through_its_json_file(corrector, tmp_path):
     assert loaded.counts == corrector.counts and loaded.min_letters == corrector.min_letters
     assert loaded.correct("balck tshrits") == "black tshirts"
     assert loaded.known == {"gray"} and not loaded.english_fallback
-    with_fallback = SpellingCorrector.load(tmp_path / "spelling.json", english_fallback=True)
+    assert not loaded.real_word_ratio
+    with_fallback = SpellingCorrector.load(
+        tmp_path / "spelling.json", english_fallback=True, real_word_ratio=1000
+    )
     assert with_fallback.correct("everryday tshrits") == "everyday tshirts"
+    assert with_fallback.real_word_ratio == 1000
 
 
 @pytest.mark.parametrize(

@@ -93,6 +93,10 @@ class ModelConfig(_Section):
     # A typo with no shop word one edit away becomes the most frequent English word one
     # edit away (makevl/spelling.py); only with spelling_correction.
     spelling_english_fallback: bool = False
+    # A real word one edit from a shop word becomes it when that word's share of the shop's
+    # words is at least this many times the typed word's share of English ("wite" ->
+    # "white"); 0: real words are never corrected (makevl/spelling.py).
+    spelling_real_word_ratio: float = Field(0.0, ge=0.0)
     freeze_text: bool = False
     freeze_image: bool = False
     init_temperature: float = Field(0.07, gt=0.0)

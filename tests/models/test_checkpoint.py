@@ -156,9 +156,11 @@ def test_the_spelling_corrector_travels_with_the_checkpoint(setup, small_catalog
     assert not loaded.spelling.english_fallback
     copied = ckpt.copy_checkpoint(directory, tmp_path / "copy")
     assert (copied / "spelling.json").read_bytes() == (directory / "spelling.json").read_bytes()
-    cfg.model.spelling_english_fallback = True  # the run's config says it, not the file
+    cfg.model.spelling_english_fallback = True  # the run's config says them, not the file
+    cfg.model.spelling_real_word_ratio = 100.0
     directory = save_checkpoint(tmp_path / "run2" / "best", model, cfg, vocab)
-    assert load_checkpoint(directory)[0].spelling.english_fallback
+    spelling = load_checkpoint(directory)[0].spelling
+    assert spelling.english_fallback and spelling.real_word_ratio == 100.0
 
     (directory / "spelling.json").unlink()
     with pytest.raises(CheckpointError, match="spelling.json missing .*spelling_correction"):

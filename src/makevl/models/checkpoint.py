@@ -29,7 +29,7 @@ from safetensors.torch import load_model, save_model
 
 from makevl.config import RunConfig, load_config
 from makevl.files import file_sha256, fsync_tree, swap_into_place
-from makevl.spelling import SPELLING, SpellingCorrector
+from makevl.spelling import SPELLING, SpellingCorrector, config_rules
 
 if TYPE_CHECKING:
     from makevl.keywords import KeywordVocab
@@ -190,6 +190,6 @@ def load_spelling(directory: Path, cfg: RunConfig, model: MakeModel) -> Spelling
         )
     try:
         return SpellingCorrector.load(path, model.query_encoder.tokenizer.get_vocab(),
-                                      cfg.model.spelling_english_fallback)
+                                      **config_rules(cfg.model))
     except ValueError as exc:
         raise CheckpointError(str(exc)) from exc

@@ -49,7 +49,7 @@ from makevl.models.checkpoint import (
 from makevl.models.inference import MakeEncoder
 from makevl.models.make import MakeModel
 from makevl.models.objective import MakeObjective
-from makevl.spelling import SPELLING, SpellingCorrector, build_spelling
+from makevl.spelling import SPELLING, SpellingCorrector, build_spelling, config_rules
 from makevl.training import distributed as dist_utils
 from makevl.training.augment import QueryAugmenter
 from makevl.training.cache import cache_image_features, cache_title_features, default_cache_root
@@ -426,17 +426,17 @@ class Trainer:
     def _spelling(self, state: dict[str, Any] | None) -> SpellingCorrector:
         """The query spelling corrector: the run's own on resume, else from the train data."""
         known = self.model.query_encoder.tokenizer.get_vocab()
-        fallback = self.cfg.model.spelling_english_fallback
+        rules = config_rules(self.cfg.model)
         if state is not None and (self.resume_dir / SPELLING).is_file():
-            return SpellingCorrector.load(self.resume_dir / SPELLING, known, fallback)
+            return SpellingCorrector.load(self.resume_dir / SPELLING, known, **rules)
         if self.cfg.data.train_shards:
             if not self.shards.spelling_file.is_file():
                 raise TrainingError(
                     f"{self.shards.spelling_file} missing (shards written by an older makevl): "
                     "shard the data again, or set model.spelling_correction=false"
                 )
-            return SpellingCorrector.load(self.shards.spelling_file, known, fallback)
-        return build_spelling(self.products, self.train_queries, known, fallback)
+            return SpellingCorrector.load(self.shards.spelling_file, known, **rules)
+        return build_spelling(self.products, self.train_queries, known, **rules)
 
     def _build_dataset(self) -> PairDataset | StreamingPairDataset:
         cfg, model, info = self.cfg, self.model, self.info
