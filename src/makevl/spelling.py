@@ -64,7 +64,8 @@ _ENGLISH = "frequency_dictionary_en_82_765.txt"  # installed with symspellpy: "w
 def english_counts() -> dict[str, int]:
     """SymSpell's English frequency dictionary: word -> count in its corpus."""
     text = (files("symspellpy") / _ENGLISH).read_text("utf-8")
-    return {word: int(count) for word, count in (line.split(" ", 1) for line in text.splitlines() if line)}
+    pairs = (line.split(" ", 1) for line in text.splitlines() if line)
+    return {word: int(count) for word, count in pairs}
 
 
 @cache
