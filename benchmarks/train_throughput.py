@@ -10,6 +10,8 @@ beforehand (the fill time is printed separately).
     python benchmarks/train_throughput.py --quick    # fewer steps, batch 32 only
     python benchmarks/train_throughput.py --device cuda
     python benchmarks/train_throughput.py --bf16     # each cached case in bf16 too
+    python benchmarks/train_throughput.py --bf16 --frozen-word-embeddings  # and word
+        embeddings frozen (model.freeze_word_embeddings), cached, bf16
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def run_case(args: argparse.Namespace) -> None:
         "train.warmup_steps=2", "train.log_every=1000", "train.eval_every=100000",
         f"train.cache_frozen_features={str(args.cache).lower()}", f"train.device={args.device}",
         f"train.bf16={str(args.bf16).lower()}", *CASES[args.case],
+        f"model.freeze_word_embeddings={str(args.frozen_word_embeddings).lower()}",
     ]
     cfg = load_config(None, overrides)
     start = time.perf_counter()
@@ -58,12 +61,13 @@ def run_case(args: argparse.Namespace) -> None:
 
 
 def child(case: str, batch: int, cache: bool, steps: int, data: Path, device: str,
-          cache_dir: Path, bf16: bool = False) -> dict:
+          cache_dir: Path, bf16: bool = False, frozen_words: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as out:
         env = dict(os.environ, MAKEVL_CACHE_DIR=str(cache_dir), HF_HUB_OFFLINE="1")
         command = [sys.executable, __file__, "--child", "--case", case, "--batch", str(batch),
                    "--steps", str(steps), "--data", str(data), "--out", f"{out}/run",
                    "--device", device] + (["--cache"] if cache else []) + (["--bf16"] if bf16 else [])
+        command += ["--frozen-word-embeddings"] if frozen_words else []
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if done.returncode:
             raise SystemExit(f"case {case} batch {batch} cache {cache} failed:\n{done.stderr[-3000:]}")
@@ -77,6 +81,9 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=400)
     parser.add_argument("--bf16", action="store_true",
                         help="also run each cached case with bf16 autocast (train.bf16=true)")
+    parser.add_argument("--frozen-word-embeddings", action="store_true",
+                        help="also run each cached case with model.freeze_word_embeddings "
+                             "(in bf16 with --bf16)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", default="tiny", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
@@ -98,8 +105,8 @@ def main() -> None:
         make_demo_shop(data, n_products=args.products, seed=0)
         print(f"device {args.device}, {os.cpu_count()} CPU cores, demo shop of {args.products} "
               "products, image tower frozen in every case")
-        print(f"{'case':<11} {'batch':>5} {'cache':>6} {'bf16':>5} {'steps':>5} {'samples/s':>10} "
-              f"{'peak RSS MiB':>12} {'peak GPU MiB':>12}")
+        print(f"{'case':<11} {'batch':>5} {'cache':>6} {'bf16':>5} {'words':>6} {'steps':>5} "
+              f"{'samples/s':>10} {'peak RSS MiB':>12} {'peak GPU MiB':>12}")
         for case in CASES:
             cache_dir = Path(tmp) / f"cache-{case}"
             start = time.perf_counter()
@@ -108,19 +115,27 @@ def main() -> None:
                   "(one 1-step run, model load included)")
             for batch in batches:
                 figures = {}
-                runs = [(False, False), (True, False)] + ([(True, True)] if args.bf16 else [])
-                for cache, bf16 in runs:
-                    r = child(case, batch, cache, steps[case], data, args.device, cache_dir, bf16)
-                    figures[cache, bf16] = r["samples_per_s"]
+                runs = [(False, False, False), (True, False, False)]  # (cache, bf16, frozen words)
+                runs += [(True, True, False)] if args.bf16 else []
+                runs += [(True, args.bf16, True)] if args.frozen_word_embeddings else []
+                for cache, bf16, frozen in runs:
+                    r = child(case, batch, cache, steps[case], data, args.device, cache_dir, bf16,
+                              frozen)
+                    figures[cache, bf16, frozen] = r["samples_per_s"]
                     print(f"{case:<11} {batch:>5} {'yes' if cache else 'no':>6} "
-                          f"{'yes' if bf16 else 'no':>5} {r['steps']:>5} "
-                          f"{r['samples_per_s']:>10.1f} {r['peak_rss_mib']:>12.0f} "
-                          f"{r['peak_gpu_mib']:>12.0f}")
-                cached = figures[True, False]
-                print(f"{case:<11} {batch:>5}  cache speed-up x{cached / figures[False, False]:.2f}"
-                      + (f", bf16 speed-up (cached) x{figures[True, True] / cached:.2f}"
-                         if args.bf16 else ""))
-
+                          f"{'yes' if bf16 else 'no':>5} {'frozen' if frozen else 'train':>6} "
+                          f"{r['steps']:>5} {r['samples_per_s']:>10.1f} "
+                          f"{r['peak_rss_mib']:>12.0f} {r['peak_gpu_mib']:>12.0f}")
+                cached = figures[True, False, False]
+                speed_ups = [f"cache speed-up x{cached / figures[False, False, False]:.2f}"]
+                if args.bf16:
+                    speed_ups.append(f"bf16 speed-up (cached) x{figures[True, True, False] / cached:.2f}")
+                if args.frozen_word_embeddings:
+                    trained = figures[True, args.bf16, False]
+                    speed_ups.append("frozen word embeddings speed-up (cached"
+                                     f"{', bf16' if args.bf16 else ''}) "
+                                     f"x{figures[True, args.bf16, True] / trained:.2f}")
+                print(f"{case:<11} {batch:>5}  " + ", ".join(speed_ups))
 
 if __name__ == "__main__":
     main()

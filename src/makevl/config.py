@@ -99,6 +99,9 @@ class ModelConfig(_Section):
     spelling_real_word_ratio: float = Field(0.0, ge=0.0)
     freeze_text: bool = False
     freeze_image: bool = False
+    # Keep the text towers' word-piece embeddings as pretrained: words no training text
+    # uses stay where their neighbours are, and the step skips their gradient.
+    freeze_word_embeddings: bool = False
     init_temperature: float = Field(0.07, gt=0.0)
 
 

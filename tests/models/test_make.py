@@ -129,6 +129,30 @@ def test_frozen_towers_get_no_gradient_and_stay_in_eval_mode():
     assert any(p.grad is not None for p in model.query_encoder.parameters())
 
 
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_frozen_word_embeddings_stay_as_pretrained_while_the_model_learns(shared):
+    model = tiny_model(freeze_word_embeddings=True, shared_query_title_encoder=shared).train()
+    towers = {model.query_encoder, model.title_encoder}
+    words = [tower.model.get_input_embeddings().weight for tower in towers]
+    before = [w.detach().clone() for w in words]
+    layer = model.query_encoder.model.encoder.layer[0].attention.self.query.weight
+    layer_before = layer.detach().clone()
+    objective = MakeObjective(model, LossConfig())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = make_batch(model)
+    losses = []
+    for _ in range(8):
+        optimizer.zero_grad()
+        loss = objective(batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1  # it still learns
+    assert all(w.grad is None for w in words)
+    assert all(torch.equal(w, b) for w, b in zip(words, before, strict=True))
+    assert not torch.equal(layer, layer_before)  # the layers above them train
+
 def test_from_config():
     cfg = RunConfig.model_validate(
         {

@@ -196,6 +196,9 @@ class MakeModel(nn.Module):
             self.title_encoder.requires_grad_(False)
         if model_cfg.freeze_image:
             self.image_encoder.requires_grad_(False)
+        if model_cfg.freeze_word_embeddings:
+            for tower in {self.query_encoder, self.title_encoder}:
+                tower.model.get_input_embeddings().requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg: RunConfig, num_keywords: int = 0) -> MakeModel:
