@@ -10,8 +10,8 @@ beforehand (the fill time is printed separately).
     python benchmarks/train_throughput.py --quick    # fewer steps, batch 32 only
     python benchmarks/train_throughput.py --device cuda
     python benchmarks/train_throughput.py --bf16     # each cached case in bf16 too
-    python benchmarks/train_throughput.py --bf16 --frozen-word-embeddings  # and word
-        embeddings frozen (model.freeze_word_embeddings), cached, bf16
+    python benchmarks/train_throughput.py --bf16 --frozen-word-embeddings
+        # ... and each cached case in bf16 with model.freeze_word_embeddings
 """
 
 from __future__ import annotations
@@ -129,13 +129,15 @@ def main() -> None:
                 cached = figures[True, False, False]
                 speed_ups = [f"cache speed-up x{cached / figures[False, False, False]:.2f}"]
                 if args.bf16:
-                    speed_ups.append(f"bf16 speed-up (cached) x{figures[True, True, False] / cached:.2f}")
+                    bf16_cached = figures[True, True, False]
+                    speed_ups.append(f"bf16 speed-up (cached) x{bf16_cached / cached:.2f}")
                 if args.frozen_word_embeddings:
                     trained = figures[True, args.bf16, False]
                     speed_ups.append("frozen word embeddings speed-up (cached"
                                      f"{', bf16' if args.bf16 else ''}) "
                                      f"x{figures[True, args.bf16, True] / trained:.2f}")
                 print(f"{case:<11} {batch:>5}  " + ", ".join(speed_ups))
+
 
 if __name__ == "__main__":
     main()

@@ -99,8 +99,8 @@ class ModelConfig(_Section):
     spelling_real_word_ratio: float = Field(0.0, ge=0.0)
     freeze_text: bool = False
     freeze_image: bool = False
-    # Keep the text towers' word-piece embeddings as pretrained: words no training text
-    # uses stay where their neighbours are, and the step skips their gradient.
+    # Keep the text towers' word-piece embeddings as pretrained: the backward pass and the
+    # optimizer skip half of MiniLM's parameters (docs/BENCHMARKS.md).
     freeze_word_embeddings: bool = False
     init_temperature: float = Field(0.07, gt=0.0)
 
