@@ -129,7 +129,6 @@ def test_frozen_towers_get_no_gradient_and_stay_in_eval_mode():
     assert any(p.grad is not None for p in model.query_encoder.parameters())
 
 
-
 @pytest.mark.parametrize("shared", [False, True])
 def test_frozen_word_embeddings_stay_as_pretrained_while_the_model_learns(shared):
     model = tiny_model(freeze_word_embeddings=True, shared_query_title_encoder=shared).train()
@@ -152,6 +151,7 @@ def test_frozen_word_embeddings_stay_as_pretrained_while_the_model_learns(shared
     assert all(w.grad is None for w in words)
     assert all(torch.equal(w, b) for w, b in zip(words, before, strict=True))
     assert not torch.equal(layer, layer_before)  # the layers above them train
+
 
 def test_from_config():
     cfg = RunConfig.model_validate(
